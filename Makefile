@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11 and make:
+#   make train   -> creates .venv, installs cropclf, trains on the demo data (or ARGS="--annotations ...")
+#   make test    -> creates .venv if needed, runs the whole test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: train test bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install
+	$(PY) scripts/train.py $(ARGS)
+
+test: install
+	$(PY) -m pytest $(ARGS)
+
+bench: install
+	$(PY) scripts/benchmark.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs data/demo
