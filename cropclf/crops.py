@@ -1,0 +1,109 @@
+"""Crop geometry in pure numpy: margins, windows, and the affine map from output pixels to source.
+
+Boxes are ``(x, y, width, height)`` in VIA's continuous pixel frame: the box ``x=10, width=20``
+covers pixels 10..29, i.e. ``[10, 30)``; pixel ``j``'s centre is at ``j + 0.5``. Nothing here
+imports keras or albumentations; the exported SavedModel reimplements `canonical_crop` in
+TensorFlow and the tests hold the two together.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def expand_box(box, margin: float) -> np.ndarray:
+    """Grows ``(x, y, w, h)`` boxes by ``margin`` times their width/height on each side."""
+    box = np.asarray(box, dtype=np.float64)
+    x, y, w, h = np.moveaxis(box, -1, 0)
+    return np.stack([x - margin * w, y - margin * h, w * (1 + 2 * margin), h * (1 + 2 * margin)], axis=-1)
+
+
+def integer_window(box) -> tuple[int, int, int, int]:
+    """Returns the whole-pixel window ``(x0, y0, x1, y1)`` covering a box, at least 1x1."""
+    x, y, w, h = (float(v) for v in box)
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    x1, y1 = max(int(np.ceil(x + w)), x0 + 1), max(int(np.ceil(y + h)), y0 + 1)
+    return x0, y0, x1, y1
+
+
+def cut_window(image: np.ndarray, window, pad_value: int = 0) -> np.ndarray:
+    """Cuts ``image[y0:y1, x0:x1]``, padding with ``pad_value`` wherever the window leaves the image."""
+    x0, y0, x1, y1 = window
+    height, width = image.shape[:2]
+    out = np.full((y1 - y0, x1 - x0, image.shape[2]), pad_value, dtype=image.dtype)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return out
+
+
+def fit_size(src_hw, out_hw, mode: str) -> tuple[int, int]:
+    """The size ``(h, w)`` a ``src_hw`` window is resized to inside ``out_hw`` for a resize ``mode``."""
+    (sh, sw), (oh, ow) = src_hw, out_hw
+    if mode == "stretch":
+        return oh, ow
+    scale = min(oh / sh, ow / sw)
+    return max(1, min(oh, round(sh * scale))), max(1, min(ow, round(sw * scale)))
+
+
+def letterbox(resized: np.ndarray, out_hw, pad_value: int = 0) -> np.ndarray:
+    """Centres ``resized`` on an ``out_hw`` canvas filled with ``pad_value``."""
+    oh, ow = out_hw
+    h, w = resized.shape[:2]
+    if (h, w) == (oh, ow):
+        return resized
+    out = np.full((oh, ow, resized.shape[2]), pad_value, dtype=resized.dtype)
+    top, left = (oh - h) // 2, (ow - w) // 2
+    out[top:top + h, left:left + w] = resized
+    return out
+
+
+def canonical_crop(image: np.ndarray, box, out_hw, margin: float, mode: str = "stretch",
+                   pad_value: int = 0) -> np.ndarray:
+    """The reference crop that evaluation and serving share.
+
+    The box grows by ``margin``, snaps to whole pixels, is cut (padding outside the image), then
+    area-resized to ``out_hw`` (stretched, or letterboxed to keep its aspect ratio).
+    """
+    window = integer_window(expand_box(box, margin))
+    cut = cut_window(image, window, pad_value)
+    h, w = fit_size(cut.shape[:2], out_hw, mode)
+    resized = cv2.resize(cut, (w, h), interpolation=cv2.INTER_AREA)
+    if resized.ndim == 2:
+        resized = resized[..., None]
+    return letterbox(resized, out_hw, pad_value)
+
+
+def output_to_source(window, out_hw, mode: str) -> np.ndarray:
+    """The 2x3 affine matrix taking output pixel indices to source pixel indices.
+
+    ``window`` is ``(x, y, w, h)`` in source pixel units (floats allowed); its corners map to the
+    output's corners (stretch) or to a centred, aspect-preserving rectangle (letterbox). Use with
+    ``cv2.warpAffine(..., flags=... | cv2.WARP_INVERSE_MAP)``.
+    """
+    x, y, w, h = (float(v) for v in window)
+    oh, ow = out_hw
+    sx, sy = w / ow, h / oh
+    off_x = off_y = 0.0
+    if mode == "letterbox":
+        s = max(sx, sy)
+        off_x, off_y = (ow - w / s) / 2, (oh - h / s) / 2
+        sx = sy = s
+    # output pixel centre (j + 0.5) -> source x + (j + 0.5 - off) * sx -> source index minus 0.5
+    return np.array([[sx, 0.0, x + (0.5 - off_x) * sx - 0.5],
+                     [0.0, sy, y + (0.5 - off_y) * sy - 0.5]], dtype=np.float64)
+
+
+def jitter_window(window, rng: np.random.Generator, shift: float, scale: float) -> np.ndarray:
+    """Moves a window's centre by up to ``shift`` of its size and rescales it by up to ``scale``."""
+    x, y, w, h = (float(v) for v in window)
+    dx, dy = rng.uniform(-shift, shift, 2)
+    s = np.exp(rng.uniform(np.log1p(-scale), np.log1p(scale))) if scale > 0 else 1.0
+    cx, cy = x + w / 2 + dx * w, y + h / 2 + dy * h
+    return np.array([cx - w * s / 2, cy - h * s / 2, w * s, h * s])
+
+
+def room_fraction(margin: float, shift: float, scale: float) -> float:
+    """How far, as a fraction of the box, a jittered window can reach beyond each side of the box."""
+    return (1 + 2 * margin) * (1 + scale) / 2 + shift * (1 + 2 * margin) - 0.5

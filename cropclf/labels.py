@@ -1,0 +1,94 @@
+"""Label maps: one per head, built once from the whole dataset, saved beside every artefact."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cropclf.errors import LabelError
+
+
+def head_column(frame: pd.DataFrame, head: str) -> str:
+    """The frame column holding a head's labels: a region attribute, else a file attribute."""
+    for column in (head, f"region:{head}", f"file:{head}"):
+        if column in frame.columns and column not in ("filename", "path", "shape", "row"):
+            return column
+    found = [c for c in frame.attrs.get("region_attributes", []) + frame.attrs.get("file_attributes", [])]
+    raise LabelError(f"{frame.attrs.get('source', 'annotations')}: no attribute '{head}' to use as a head; "
+                     f"pass --heads with some of {found or 'the attributes (none found)'}. Received: {head!r}")
+
+
+class LabelMap:
+    """Sorted class names of one head <-> integer ids."""
+
+    def __init__(self, head: str, classes, counts=None):
+        self.head = head
+        self.classes = list(classes)
+        self.counts = dict(counts or {})
+        self.index = {c: i for i, c in enumerate(self.classes)}
+        if len(self.index) != len(self.classes):
+            raise LabelError(f"Label map for head '{head}' has duplicate classes. Received: {self.classes}")
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, head: str) -> "LabelMap":
+        values = frame[head_column(frame, head)].astype(str)
+        counts = Counter(v for v in values if v != "")
+        if not counts:
+            raise LabelError(f"{frame.attrs.get('source', 'annotations')}: head '{head}' has no labelled "
+                             f"region. Received: {len(values)} regions, all unlabelled")
+        return cls(head, sorted(counts), counts)
+
+    def encode(self, values, unknown: str = "raise", where=None) -> np.ndarray:
+        """Maps labels to ids; ``""`` (unlabelled) gives -1.
+
+        Args:
+            values: label strings.
+            unknown: ``"raise"`` for a `LabelError` on a label the map lacks, ``"mark"`` to give -2.
+            where: optional per-value location strings for the error message.
+        """
+        out = np.empty(len(values), dtype=np.int64)
+        for k, v in enumerate(values):
+            if v == "":
+                out[k] = -1
+            elif v in self.index:
+                out[k] = self.index[v]
+            elif unknown == "mark":
+                out[k] = -2
+            else:
+                at = f" at {where[k]}" if where is not None else ""
+                raise LabelError(f"Head '{self.head}': label {v!r}{at} was never seen in training; known "
+                                 f"labels are {self.classes}. Received: {v!r}")
+        return out
+
+    def to_dict(self) -> dict:
+        return {"head": self.head, "classes": self.classes, "counts": self.counts}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelMap":
+        return cls(d["head"], d["classes"], d.get("counts"))
+
+
+def build_label_maps(frame: pd.DataFrame, heads) -> dict[str, LabelMap]:
+    return {head: LabelMap.from_frame(frame, head) for head in heads}
+
+
+def label_maps_to_json(maps: dict[str, LabelMap]) -> str:
+    return json.dumps({h: m.to_dict() for h, m in maps.items()}, indent=2, ensure_ascii=False)
+
+
+def load_label_maps(path) -> dict[str, LabelMap]:
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {h: LabelMap.from_dict(m) for h, m in d.items()}
+
+
+def encode_heads(frame: pd.DataFrame, maps: dict[str, LabelMap], unknown: str = "raise") -> dict[str, np.ndarray]:
+    """Integer labels per head for every row (-1: unlabelled, -2: unknown when ``unknown="mark"``)."""
+    where = [f"{frame.attrs.get('source', '')} {r}".strip() for r in frame["row"]] if "row" in frame else None
+    return {h: m.encode(frame[head_column(frame, h)].astype(str).tolist(), unknown, where) for h, m in maps.items()}

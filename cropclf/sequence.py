@@ -1,0 +1,168 @@
+"""`CropSequence`: batches of region crops for Keras, every region exactly once per epoch.
+
+Each batch is ``(X, {head: one_hot})`` (optionally with per-head sample weights): ``X`` is float32
+``[batch, height, width, 3]`` in the 0..255 range (the model scales pixels itself), the targets are
+float32 one-hot arrays keyed by head name, matching the model's output names.
+
+Randomness derives from ``(seed, epoch, batch index)`` alone, never from call order, so batches are
+the same whatever the number of workers, threads or processes, and the extra ``__getitem__`` calls
+Keras makes before training change nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import cv2  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cropclf.augment import build_augmentation  # noqa: E402
+from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
+from cropclf.crops import jitter_window, output_to_source, room_fraction  # noqa: E402
+from cropclf.errors import CropclfError  # noqa: E402
+from cropclf.labels import LabelMap, encode_heads  # noqa: E402
+from cropclf.patches import PatchStore, Problem  # noqa: E402
+
+
+class CropSequence(keras.utils.PyDataset):
+    """Crops, augments and batches the regions of an annotation frame.
+
+    Args:
+        frame: regions (`read_annotations` output, or a split of it).
+        label_maps: head name -> `LabelMap`, built once from the whole dataset.
+        batch_size: regions per batch; the last batch is short, never dropped.
+        crop: crop settings (output size, margin, resize mode, padding).
+        augment: ``False``/``None`` for evaluation, ``True`` for the default training augmentation,
+            an `AugmentConfig`, or your own ``albumentations.Compose`` (box jitter then uses the
+            default `AugmentConfig`'s shift and scale).
+        shuffle: reshuffle every epoch (default: when augmenting).
+        seed: base of every random draw.
+        store: a `PatchStore` shared with other splits; built from ``frame`` when omitted.
+        class_weights: head -> per-class weights; batches then carry per-head sample weights.
+        progress: show a bar while decoding images into the store.
+        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` for `keras.utils.PyDataset`.
+    """
+
+    def __init__(self, frame: pd.DataFrame, label_maps: dict[str, LabelMap], batch_size: int = 32,
+                 crop: CropConfig | None = None, augment=False, shuffle: bool | None = None, seed: int = 0,
+                 store: PatchStore | None = None, class_weights: dict | None = None, progress: bool = True,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if batch_size < 1:
+            raise CropclfError(f"`batch_size` must be >= 1. Received: {batch_size}")
+        self.crop = crop or CropConfig()
+        self.label_maps, self.batch_size, self.seed = label_maps, int(batch_size), int(seed)
+        self.heads = list(label_maps)
+        self._compose = None
+        if augment is True:
+            augment = AugmentConfig()
+        if isinstance(augment, AugmentConfig):
+            self.jitter = augment if augment.enabled else None
+        elif augment:
+            self.jitter, self._compose = AugmentConfig(), augment
+        else:
+            self.jitter = None
+        self.augment_cfg = augment if isinstance(augment, AugmentConfig) else None
+        self.shuffle = bool(self.jitter) if shuffle is None else shuffle
+        if store is None:
+            j = self.jitter or AugmentConfig(shift=0, scale=0)
+            store = PatchStore(frame, self.crop.image_size, self.crop.margin,
+                               room_fraction(self.crop.margin, j.shift, j.scale), self.crop.resize,
+                               self.crop.min_size, self.crop.pad_value, progress=progress)
+        self.store = store
+
+        # Which regions take part: croppable, and labelled for every head.
+        labels = encode_heads(frame, label_maps)
+        labelled = np.all([labels[h] >= 0 for h in self.heads], axis=0) if len(frame) else np.zeros(0, bool)
+        croppable = np.array([store.has(label) for label in frame.index], bool)
+        self.skipped: list[Problem] = store.problems_for(frame.index)
+        for k in np.flatnonzero(croppable & ~labelled):
+            missing = [h for h in self.heads if labels[h][k] < 0]
+            self.skipped.append(Problem(str(frame["path"].iloc[k]), str(frame["row"].iloc[k]),
+                                        f"unlabelled for head(s) {missing}", frame.index[k]))
+        use = croppable & labelled
+        self.index = frame.index[use]
+        self.slots = np.array([store.slot[label] for label in self.index], np.int64)
+        self.labels = {h: labels[h][use] for h in self.heads}
+        self.paths = frame["path"].to_numpy()[use]
+        self.rows = frame["row"].to_numpy()[use] if "row" in frame else np.array([""] * use.sum())
+        self.weights = None
+        if class_weights:
+            self.weights = {h: np.asarray(class_weights[h], np.float32)[self.labels[h]] for h in self.heads}
+        self._eye = {h: np.eye(len(m), dtype=np.float32) for h, m in label_maps.items()}
+        self.epoch = 0
+
+    # --- the PyDataset contract ---------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.slots) / self.batch_size)
+
+    def on_epoch_end(self):
+        # Keras calls this once before training and once after each epoch; the count is the epoch.
+        self.epoch += 1
+
+    def set_epoch(self, epochs_done: int) -> None:
+        """Continues the epoch count after ``epochs_done`` epochs (for resumed training)."""
+        self.epoch = int(epochs_done)
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """Positions of this epoch's regions, in batch order."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(len(self.slots))
+        return np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.slots))
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(f"Batch index {i} out of range for {len(self)} batches. Received: {i}")
+        epoch = self.epoch
+        positions = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        try:
+            X = self.crops(positions, epoch, i)
+        except Exception as e:  # name the batch's regions: workers lose the traceback's context
+            raise CropclfError(f"Building batch {i} (epoch {epoch}) failed: {e!r}; regions: "
+                               + "; ".join(f"{self.paths[p]} ({self.rows[p]})" for p in positions[:8])) from e
+        y = {h: self._eye[h][self.labels[h][positions]] for h in self.heads}
+        if self.weights is not None:
+            return X, y, {h: self.weights[h][positions] for h in self.heads}
+        return X, y
+
+    # --- crops ---------------------------------------------------------------------------------
+
+    def crops(self, positions, epoch: int = 0, batch: int = 0) -> np.ndarray:
+        """The ``[n, h, w, 3]`` float32 crops of the regions at ``positions``."""
+        oh, ow = self.crop.image_size
+        X = np.empty((len(positions), oh, ow, 3), np.uint8)
+        rng = np.random.default_rng([self.seed, 2, epoch, batch]) if self.jitter else None
+        aug = self._augmentation(int(rng.integers(2**31))) if rng is not None else None
+        pad = (self.crop.pad_value,) * 3
+        for k, p in enumerate(positions):
+            s = self.slots[p]
+            window = self.store.margin_boxes[s]
+            if rng is not None:
+                window = jitter_window(window, rng, self.jitter.shift, self.jitter.scale)
+            M = output_to_source(self.store.to_patch(s, window), (oh, ow), self.crop.resize)
+            cv2.warpAffine(self.store.patch(s), M, (ow, oh), dst=X[k],
+                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=pad)
+            if aug is not None:
+                X[k] = aug(image=X[k])["image"]
+        return X.astype(np.float32)
+
+    def _augmentation(self, seed: int):
+        if self._compose is not None:  # a private copy: Compose objects are not thread-safe
+            aug = copy.deepcopy(self._compose)
+            aug.set_random_seed(seed)
+            return aug
+        return build_augmentation(self.augment_cfg or AugmentConfig(), seed=seed)
+
+    def report(self) -> str:
+        """One line per region left out, and a count."""
+        lines = [str(p) for p in self.skipped]
+        return "\n".join([f"{len(self.skipped)} region(s) left out, {len(self.slots)} used", *lines])

@@ -1,0 +1,228 @@
+"""Training: one run directory holds everything needed to reproduce and use the run.
+
+``run/``: ``config.json`` (resolved), ``labels.json``, ``split.csv`` (which image went where),
+``data_report.json`` (every region or image left out, and why), ``model.keras`` (best by validation
+loss), ``history.csv``/``history.json``, ``curves.png``, ``tensorboard/``, ``saved_model/`` and
+``status.json``. ``last.keras`` + ``state.json`` let a killed run resume from its last completed
+epoch with the same command. Every file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from cropclf import artifacts
+from cropclf.config import Config
+from cropclf.dataset import Prepared, prepare, print_problems
+from cropclf.errors import ConfigError, CropclfError, ImageError
+from cropclf.labels import label_maps_to_json, load_label_maps
+from cropclf.model import build_model, compile_model, output_name
+from cropclf.plots import learning_curves
+from cropclf.sequence import CropSequence
+
+
+def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, log=print) -> Path:
+    """Trains (or resumes) the run in ``run_dir`` and returns its path."""
+    run_dir = Path(run_dir)
+    status = _read_json(run_dir / "status.json")
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+        status = None
+    elif status and status.get("state") == "complete":
+        log(f"Run {run_dir} is already complete; pass --overwrite to train it again.")
+        return run_dir
+    saved = _read_json(run_dir / "config.json")
+    if saved is not None and Config.from_dict(saved) != cfg:
+        raise ConfigError(f"{run_dir} holds a run with a different config; use the same settings to resume, "
+                          f"--overwrite to start over, or another --out. Received: {run_dir / 'config.json'}")
+    state = _read_json(run_dir / "state.json") if (run_dir / "last.keras").exists() else None
+    strategy = _strategy(cfg)
+    _set_precision(cfg)
+
+    # Data: read, check every image and region, split by image, decode once.
+    resume_maps = load_label_maps(run_dir / "labels.json") if state else None
+    resume_split = _read_split(run_dir / "split.csv") if state else None
+    data = prepare(cfg, resume_maps, resume_split, log=log)
+    _check_images(cfg, data, log)
+    _write_data_artefacts(cfg, data, run_dir, log)
+
+    weights = _class_weights(data, cfg) if cfg.train.class_weight == "balanced" else None
+    kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing)
+    train_seq = CropSequence(data.split("train"), data.label_maps, cfg.train.batch_size, cfg.crop, cfg.augment,
+                             seed=cfg.train.seed, store=data.store, class_weights=weights, **kw)
+    val_frame = data.split("val")
+    val_seq = CropSequence(val_frame, data.label_maps, cfg.train.batch_size, cfg.crop, False,
+                           store=data.store, **kw) if len(val_frame) else None
+    if val_seq is not None and len(val_seq) == 0:
+        val_seq = None
+    log(f"Training on {len(train_seq.slots)} regions, validating on "
+        f"{len(val_seq.slots) if val_seq else 0}; {data.store.describe()}.")
+
+    with strategy.scope():
+        if state:
+            model = keras.models.load_model(run_dir / "last.keras")
+            log(f"Resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}.")
+        else:
+            keras.utils.set_random_seed(cfg.train.seed)  # weights; data randomness has its own RNGs
+            num = {h: len(m) for h, m in data.label_maps.items()}
+            model = compile_model(build_model(cfg.model, cfg.crop.image_size, num, cfg.train.seed),
+                                  cfg.train.learning_rate)
+    initial_epoch = state["epoch"] if state else 0
+    train_seq.set_epoch(initial_epoch)
+    monitor = "val_loss" if val_seq is not None else "loss"
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=cfg.train.reduce_lr, verbose=1),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping, verbose=1),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    callbacks.append(RunState(run_dir, monitor, [output_name(h) for h in cfg.data.heads], state, callbacks))
+    artifacts.write_json(run_dir / "status.json", {"state": "running", "since": time.time()})
+    try:
+        model.fit(train_seq, validation_data=val_seq, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
+                  shuffle=False, callbacks=callbacks, verbose=1 if os.environ.get("CROPCLF_QUIET") is None else 2)
+    except KeyboardInterrupt:
+        artifacts.write_json(run_dir / "status.json", {"state": "interrupted", "at": time.time(),
+                                                       "resume": "run the same command again"})
+        log(f"Interrupted: {run_dir} keeps its last completed epoch; run the same command to resume.")
+        raise
+    finally:
+        data.store.close()
+    if not (run_dir / "model.keras").exists():
+        raise CropclfError(f"Training produced no model in {run_dir} (loss was not finite?). Received: no checkpoint")
+    if export:
+        from cropclf.export import export_run
+
+        export_run(run_dir, log=log)
+    artifacts.write_json(run_dir / "status.json", {"state": "complete", "at": time.time()})
+    return run_dir
+
+
+class RunState(keras.callbacks.Callback):
+    """Saves the best model, the last model and the history at each epoch end, atomically.
+
+    On resume it restores the history and the patience counters of early stopping and LR reduction,
+    so a resumed run behaves as if it had never stopped.
+    """
+
+    def __init__(self, run_dir: Path, monitor: str, heads, state: dict | None, callbacks):
+        super().__init__()
+        self.run_dir, self.monitor, self.heads = run_dir, monitor, heads
+        self.state = state or {"epoch": 0, "history": {}, "best": None, "callbacks": {}}
+        self.others = [c for c in callbacks if isinstance(c, (keras.callbacks.EarlyStopping,
+                                                               keras.callbacks.ReduceLROnPlateau))]
+
+    def on_train_begin(self, logs=None):
+        for c in self.others:  # runs after their own on_train_begin reset
+            for key, value in self.state["callbacks"].get(type(c).__name__, {}).items():
+                setattr(c, key, value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        for k, v in logs.items():
+            self.state["history"].setdefault(k, []).append(v)
+        value = logs.get(self.monitor)
+        if value is not None and np.isfinite(value) and (self.state["best"] is None or value < self.state["best"]):
+            self.state["best"] = value
+            with artifacts.atomic_file(self.run_dir / "model.keras", suffix=".keras") as tmp:
+                self.model.save(tmp)
+        with artifacts.atomic_file(self.run_dir / "last.keras", suffix=".keras") as tmp:
+            self.model.save(tmp)
+        self.state["epoch"] = epoch + 1
+        self.state["callbacks"] = {type(c).__name__: {k: float(getattr(c, k)) for k in ("wait", "best")
+                                                      if hasattr(c, k)} for c in self.others}
+        history = self.state["history"]
+        artifacts.write_text(self.run_dir / "history.csv", pd.DataFrame(history).rename_axis("epoch")
+                             .rename(index=lambda i: i + 1).to_csv())
+        artifacts.write_json(self.run_dir / "history.json", history)
+        learning_curves(history, self.heads, self.run_dir / "curves.png")
+        artifacts.write_json(self.run_dir / "state.json", self.state)  # last: marks the epoch complete
+
+
+def _check_images(cfg: Config, data: Prepared, log) -> None:
+    bad = data.store.bad_images
+    if bad and not cfg.data.skip_bad_images:
+        lines = [f"{message}" for message in list(bad.values())[:20]]
+        more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
+        raise ImageError(f"{len(bad)} image(s) cannot be read{more}: " + " | ".join(lines)
+                         + " -- fix them, or pass --skip-bad-images to leave their regions out")
+    if data.problems:
+        log(f"{len(data.problems)} region(s) left out before training (listed in data_report.json):")
+        print_problems(data.problems, log, limit=10)
+
+
+def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text(run_dir / "config.json", cfg.to_json() + "\n")
+    artifacts.write_text(run_dir / "labels.json", label_maps_to_json(data.label_maps) + "\n")
+    split = pd.DataFrame(sorted(data.assignment.items()), columns=["path", "split"])
+    artifacts.write_text(run_dir / "split.csv", split.to_csv(index=False))
+    report = {
+        "annotations": data.frame.attrs.get("source"), "format": data.frame.attrs.get("format"),
+        "images": len(data.frame.attrs.get("images", [])), "regions": int(len(data.frame)),
+        "duplicates_dropped": int(data.frame.attrs.get("duplicates_dropped", 0)),
+        "undefined_values": int(data.frame.attrs.get("undefined_values", 0)),
+        "bad_images": data.store.bad_images,
+        "regions_left_out": [{"path": p.path, "row": p.row, "reason": p.reason} for p in data.problems],
+        "split_notes": data.notes,
+    }
+    artifacts.write_json(run_dir / "data_report.json", report)
+    for note in data.notes:
+        log(f"split: {note}")
+
+
+def _class_weights(data: Prepared, cfg: Config) -> dict:
+    """Per head, ``n / (k * n_c)`` over the training split: rare classes count as much as common ones."""
+    from cropclf.labels import encode_heads
+
+    labels = encode_heads(data.split("train"), data.label_maps)
+    out = {}
+    for head, ids in labels.items():
+        counts = np.bincount(ids[ids >= 0], minlength=len(data.label_maps[head])).astype(np.float64)
+        present = counts > 0
+        w = np.ones_like(counts)
+        w[present] = counts[present].sum() / (present.sum() * counts[present])
+        out[head] = w.astype(np.float32)
+    return out
+
+
+def _strategy(cfg: Config):
+    n_cpu = int(os.environ.get("CROPCLF_CPU_DEVICES", "0"))
+    if n_cpu > 1:  # tests: split the CPU into logical devices before TensorFlow initialises
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n_cpu)
+    if cfg.train.distribute == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if cfg.train.distribute == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _set_precision(cfg: Config) -> None:
+    mode = cfg.train.mixed_precision
+    on = mode == "on" or (mode == "auto" and bool(tf.config.list_physical_devices("GPU")))
+    keras.mixed_precision.set_global_policy("mixed_float16" if on else "float32")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _read_split(path: Path) -> dict:
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return dict(zip(table["path"], table["split"]))
