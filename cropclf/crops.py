@@ -69,10 +69,17 @@ def canonical_crop(image: np.ndarray, box, out_hw, margin: float, mode: str = "s
     window = integer_window(expand_box(box, margin))
     cut = cut_window(image, window, pad_value)
     h, w = fit_size(cut.shape[:2], out_hw, mode)
-    resized = cv2.resize(cut, (w, h), interpolation=cv2.INTER_AREA)
-    if resized.ndim == 2:
-        resized = resized[..., None]
-    return letterbox(resized, out_hw, pad_value)
+    return letterbox(resize(cut, (h, w)), out_hw, pad_value)
+
+
+def resize(image: np.ndarray, out_hw) -> np.ndarray:
+    """Area averaging when shrinking on both axes, bilinear otherwise (the SavedModel does the same)."""
+    (h, w), (sh, sw) = out_hw, image.shape[:2]
+    if (h, w) == (sh, sw):
+        return image
+    shrink = h <= sh and w <= sw
+    out = cv2.resize(image, (int(w), int(h)), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out[..., None] if out.ndim == 2 else out
 
 
 def output_to_source(window, out_hw, mode: str) -> np.ndarray:

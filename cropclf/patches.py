@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cropclf.crops import cut_window, expand_box, integer_window
+from cropclf.crops import cut_window, expand_box, integer_window, resize
 from cropclf.errors import ImageError
 from cropclf.images import load_image, probe_image
 from cropclf.progress import Progress
@@ -163,8 +163,7 @@ class PatchStore:
             x0, y0, x1, y1 = self.windows[s]
             cut = cut_window(image, (x0, y0, x1, y1), self.pad_value)
             h, w = self.shapes[s]
-            if (h, w) != cut.shape[:2]:
-                cut = cv2.resize(cut, (int(w), int(h)), interpolation=cv2.INTER_AREA)
+            cut = resize(cut, (h, w))
             self.buffer[self.offsets[s]:self.offsets[s + 1]] = cut.reshape(-1)
 
     # --- reading ----------------------------------------------------------------------------
