@@ -1,0 +1,35 @@
+"""cropclf: train, evaluate and ship a classifier for the regions annotated in VIA exports."""
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import otherwise
+
+__version__ = "0.1.0"
+
+from cropclf.annotations import read_annotations  # noqa: E402
+from cropclf.config import Config  # noqa: E402
+from cropclf.errors import AnnotationError, CropclfError, ImageError, LabelError  # noqa: E402
+from cropclf.labels import LabelMap, build_label_maps  # noqa: E402
+from cropclf.splits import split_by_image  # noqa: E402
+
+_LAZY = {  # these import TensorFlow/Keras; load them only when asked for
+    "CropSequence": "cropclf.sequence",
+    "PatchStore": "cropclf.patches",
+    "build_model": "cropclf.model",
+    "train": "cropclf.training",
+    "evaluate_run": "cropclf.evaluation",
+    "export_saved_model": "cropclf.export",
+    "make_demo_dataset": "cropclf.demo",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cropclf' has no attribute {name!r}")
+
+
+__all__ = ["read_annotations", "Config", "CropclfError", "AnnotationError", "ImageError", "LabelError",
+           "LabelMap", "build_label_maps", "split_by_image", *_LAZY]
