@@ -89,14 +89,19 @@ class PatchStore:
         self.windows = np.zeros((n, 4), np.int64)  # integer room window in image pixels (x0, y0, x1, y1)
         self.scales = np.ones((n, 2), np.float64)  # patch pixels per image pixel (sx, sy)
         self.shapes = np.zeros((n, 2), np.int64)  # patch (h, w)
-        self.margin_boxes = expand_box(boxes[keep], margin) if n else np.zeros((0, 4))
+        self.margin_boxes = np.zeros((n, 4))  # whole-pixel margin windows (x, y, w, h), as canonical_crop cuts
         oh, ow = self.out_hw
         for s, k in enumerate(keep):
+            mx0, my0, mx1, my1 = integer_window(expand_box(boxes[k], margin))
+            self.margin_boxes[s] = (mx0, my0, mx1 - mx0, my1 - my0)
             x0, y0, x1, y1 = integer_window(expand_box(boxes[k], self.room))
             mw, mh = self.margin_boxes[s, 2], self.margin_boxes[s, 3]
-            sx, sy = min(1.0, ow / mw), min(1.0, oh / mh)
             if mode == "letterbox":
-                sx = sy = min(sx, sy)
+                sx = sy = min(1.0, ow / mw, oh / mh)
+            elif mw >= ow and mh >= oh:  # shrink on both axes: area-average now, as `crops.resize` would
+                sx, sy = ow / mw, oh / mh
+            else:  # enlarged on some axis: keep full resolution; the crop's warp is bilinear, as resize is
+                sx = sy = 1.0
             self.windows[s] = (x0, y0, x1, y1)
             self.shapes[s] = (max(1, round((y1 - y0) * sy)), max(1, round((x1 - x0) * sx)))
             self.scales[s] = (self.shapes[s, 1] / (x1 - x0), self.shapes[s, 0] / (y1 - y0))

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 
 from cropclf.augment import build_augmentation  # noqa: E402
 from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
-from cropclf.crops import jitter_window, output_to_source, room_fraction  # noqa: E402
+from cropclf.crops import fit_size, jitter_window, letterbox, output_to_source, room_fraction  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
 from cropclf.labels import LabelMap, encode_heads  # noqa: E402
 from cropclf.patches import PatchStore, Problem  # noqa: E402
@@ -141,16 +141,17 @@ class CropSequence(keras.utils.PyDataset):
         X = np.empty((len(positions), oh, ow, 3), np.uint8)
         rng = np.random.default_rng([self.seed, 2, epoch, batch]) if self.jitter else None
         aug = self._augmentation(int(rng.integers(2**31))) if rng is not None else None
-        pad = (self.crop.pad_value,) * 3
         for k, p in enumerate(positions):
             s = self.slots[p]
             window = self.store.margin_boxes[s]
             if rng is not None:
                 window = jitter_window(window, rng, self.jitter.shift, self.jitter.scale)
-            M = output_to_source(self.store.to_patch(s, window), (oh, ow), self.crop.resize)
-            cv2.warpAffine(self.store.patch(s), M, (ow, oh), dst=X[k],
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=pad)
+            th, tw = fit_size((window[3], window[2]), (oh, ow), self.crop.resize)
+            M = output_to_source(self.store.to_patch(s, window), (th, tw), "stretch")
+            # the patch already holds padding where the image ends: replicate its edge, as resize does
+            crop = cv2.warpAffine(self.store.patch(s), M, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REPLICATE)
+            X[k] = letterbox(crop, (oh, ow), self.crop.pad_value) if (th, tw) != (oh, ow) else crop
             if aug is not None:
                 X[k] = aug(image=X[k])["image"]
         return X.astype(np.float32)

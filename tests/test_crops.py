@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cropclf.crops import (canonical_crop, cut_window, expand_box, fit_size, integer_window, jitter_window,
+                           output_to_source, room_fraction)
+
+IMAGE = np.arange(37 * 53 * 3, dtype=np.uint32).reshape(37, 53, 3).astype(np.uint8)  # non-square
+
+
+@pytest.mark.parametrize("box, margin, expected", [
+    ((10, 20, 30, 40), 0.0, (10, 20, 30, 40)),
+    ((10, 20, 30, 40), 0.5, (-5, 0, 60, 80)),
+    ((0, 0, 1, 1), 1.0, (-1, -1, 3, 3)),
+])
+def test_expand_box(box, margin, expected):
+    np.testing.assert_allclose(expand_box(box, margin), expected)
+
+
+@pytest.mark.parametrize("box, window", [
+    ((10, 20, 30, 40), (10, 20, 40, 60)),
+    ((10.2, 20.7, 1.1, 0.1), (10, 20, 12, 21)),
+    ((-3.5, -1, 2, 0), (-4, -1, -1, 0)),
+])
+def test_integer_window(box, window):
+    assert integer_window(box) == window
+
+
+@pytest.mark.parametrize("window", [(-5, -5, 10, 10), (40, 30, 60, 45), (100, 100, 110, 120), (0, 0, 53, 37)])
+def test_cut_window_pads_outside(window):
+    out = cut_window(IMAGE, window, pad_value=7)
+    x0, y0, x1, y1 = window
+    assert out.shape == (y1 - y0, x1 - x0, 3)
+    for yy in range(y0, y1, 3):
+        for xx in range(x0, x1, 3):
+            inside = 0 <= xx < 53 and 0 <= yy < 37
+            expected = IMAGE[yy, xx] if inside else 7
+            np.testing.assert_array_equal(out[yy - y0, xx - x0], expected)
+
+
+def test_letterbox_keeps_aspect():
+    img = np.full((20, 80, 3), 200, np.uint8)
+    out = canonical_crop(img, (0, 0, 80, 20), (32, 32), margin=0, mode="letterbox", pad_value=0)
+    rows = np.flatnonzero(out[:, 16, 0] > 0)
+    assert out.shape == (32, 32, 3) and len(rows) == fit_size((20, 80), (32, 32), "letterbox")[0] == 8
+    assert out[0, 0, 0] == 0 and out[16, 16, 0] == 200
+
+
+def test_output_to_source_maps_corners():
+    m = output_to_source((10, 20, 30, 40), (4, 3), "stretch")
+    # output pixel (0, 0) centre samples source index of the window's first cell centre
+    np.testing.assert_allclose(m @ [0, 0, 1], [10 + 5 - 0.5, 20 + 5 - 0.5])
+    np.testing.assert_allclose(m @ [2, 3, 1], [10 + 25 - 0.5, 20 + 35 - 0.5])
+
+
+def test_jitter_is_bounded_by_room():
+    rng = np.random.default_rng(0)
+    box, margin, shift, scale = np.array([100.0, 50, 40, 20]), 0.15, 0.1, 0.2
+    window = expand_box(box, margin)
+    room = expand_box(box, room_fraction(margin, shift, scale))
+    for _ in range(500):
+        x, y, w, h = jitter_window(window, rng, shift, scale)
+        assert x >= room[0] - 1e-9 and y >= room[1] - 1e-9
+        assert x + w <= room[0] + room[2] + 1e-9 and y + h <= room[1] + room[3] + 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.floats(-500, 500), y=st.floats(-500, 500), w=st.floats(0, 800), h=st.floats(0, 800),
+       margin=st.floats(0, 2), ih=st.integers(1, 60), iw=st.integers(1, 60), oh=st.integers(8, 40),
+       ow=st.integers(8, 40), mode=st.sampled_from(["stretch", "letterbox"]))
+def test_any_box_any_image_gives_requested_shape(x, y, w, h, margin, ih, iw, oh, ow, mode):
+    image = np.full((ih, iw, 3), 255, np.uint8)
+    out = canonical_crop(image, (x, y, w, h), (oh, ow), margin, mode, pad_value=0)
+    assert out.shape == (oh, ow, 3) and out.dtype == np.uint8
+    outside = x >= iw or y >= ih or x + w * (1 + margin) < -margin * w or y + h * (1 + margin) < -margin * h
+    if outside and (x - margin * w >= iw or y - margin * h >= ih):
+        assert out.max() == 0  # wholly outside: all padding

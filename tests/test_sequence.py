@@ -1,0 +1,189 @@
+import math
+
+import numpy as np
+import pytest
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+from cropclf.config import AugmentConfig, CropConfig
+from cropclf.crops import canonical_crop
+from cropclf.errors import CropclfError
+from cropclf.images import load_image
+from cropclf.labels import build_label_maps
+from cropclf.patches import PatchStore
+from cropclf.sequence import CropSequence
+
+CROP = CropConfig(image_size=(24, 40), margin=0.1)  # non-square output
+
+
+def make(frame, **kw):
+    maps = build_label_maps(frame, ["name", "type"])
+    kw.setdefault("progress", False)
+    return CropSequence(frame, maps, crop=kw.pop("crop", CROP), **kw)
+
+
+def names_in(seq, y):
+    return [seq.label_maps["name"].classes[i] for i in y["name"].argmax(axis=1)]
+
+
+def run_epochs(seq, epochs):
+    """Batches as Keras' own adapter delivers them (threads or processes), epoch by epoch."""
+    adapter = PyDatasetAdapter(seq, shuffle=False)
+    out = []
+    adapter.on_epoch_end()  # fit calls this once before the first epoch
+    for _ in range(epochs):
+        adapter.on_epoch_begin()
+        out.append([batch for batch in adapter.get_numpy_iterator()])
+        adapter.on_epoch_end()
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 4, 10, 11])
+def test_len_is_ceiling_and_last_batch_short(tiny_images, batch_size):
+    seq = make(tiny_images, batch_size=batch_size)
+    assert len(seq.slots) == 10  # 12 regions, 2 cannot be cropped
+    assert len(seq) == math.ceil(10 / batch_size)
+    sizes = [len(seq[i][0]) for i in range(len(seq))]
+    assert sum(sizes) == 10 and all(s == batch_size for s in sizes[:-1])
+    with pytest.raises(IndexError, match="out of range"):
+        seq[len(seq)]
+
+
+def test_uncroppable_regions_are_reported(tiny_images):
+    seq = make(tiny_images, batch_size=4)
+    reasons = [p.reason for p in seq.skipped]
+    assert len(reasons) == 2
+    assert any("smaller than min_size" in r for r in reasons) and any("wholly outside" in r for r in reasons)
+    assert "2 region(s) left out, 10 used" in seq.report()
+
+
+@pytest.mark.parametrize("augment", [False, True])
+@pytest.mark.parametrize("workers, mp", [(1, False), (2, False), (2, True)])
+def test_every_region_once_per_epoch(tiny_images, augment, workers, mp):
+    seq = make(tiny_images, batch_size=3, augment=augment, seed=5, workers=workers, use_multiprocessing=mp)
+    epochs = run_epochs(seq, 2)
+    expected = sorted(seq.label_maps["name"].classes[i] for i in seq.labels["name"])
+    for batches in epochs:
+        seen = [n for _, y in batches for n in names_in(seq, y)]
+        assert sorted(seen) == expected
+
+
+def test_same_batches_whatever_the_workers(tiny_images):
+    runs = []
+    for workers, mp in [(1, False), (2, False), (2, True)]:
+        seq = make(tiny_images, batch_size=3, augment=True, seed=11, workers=workers, use_multiprocessing=mp)
+        runs.append(run_epochs(seq, 2))
+    for other in runs[1:]:
+        for e in range(2):
+            for (xa, ya), (xb, yb) in zip(runs[0][e], other[e]):
+                np.testing.assert_array_equal(xa, xb)
+                np.testing.assert_array_equal(ya["name"], yb["name"])
+    first, second = runs[0]
+    assert not all(np.array_equal(a[1]["name"], b[1]["name"]) for a, b in zip(first, second))  # new order
+
+
+def test_epochs_differ_and_extra_calls_change_nothing(tiny_images):
+    seq = make(tiny_images, batch_size=4, augment=True, seed=1)
+    a = seq[0]
+    for _ in range(3):
+        seq[1], seq[0]  # noqa: B018 (Keras peeks at batches before training)
+    np.testing.assert_array_equal(seq[0][0], a[0])
+    seq.on_epoch_end()
+    assert not np.array_equal(seq[0][0], a[0])
+    other = make(tiny_images, batch_size=4, augment=True, seed=2)
+    assert not np.array_equal(other[0][0], a[0])
+
+
+def test_eval_crop_equals_canonical_crop(tiny_images):
+    seq = make(tiny_images, batch_size=16)
+    X, _ = seq[0]
+    assert X.shape == (10, 24, 40, 3) and X.dtype == np.float32
+    for k, p in enumerate(seq.order()):
+        row = tiny_images.loc[seq.index[p]]
+        ref = canonical_crop(load_image(row["path"]), row[["x", "y", "width", "height"]].to_numpy(float),
+                             CROP.image_size, CROP.margin)
+        diff = np.abs(X[k] - ref)
+        assert diff.max() <= 1.0
+
+
+def test_letterbox_mode_pads(tiny_images):
+    crop = CropConfig(image_size=(32, 32), margin=0.0, resize="letterbox", pad_value=0)
+    frame = tiny_images.iloc[[7]]  # a 50x20 box: wide
+    X, _ = make(frame, crop=crop, batch_size=1)[0]
+    assert X[0, 0].max() == 0 and X[0, 16].max() > 0
+
+
+def test_jitter_takes_context_from_real_pixels(tiny_images):
+    # a box in the middle of an image: even shifted and scaled, the crop has no padding in it
+    frame = tiny_images.iloc[[0]].copy()
+    frame[["x", "y", "width", "height"]] = [50.0, 35.0, 30.0, 25.0]  # room to move inside a 153x101 image
+    seq = make(frame, batch_size=1, augment=AugmentConfig(shift=0.1, scale=0.2, hflip=0, rotate=0, color=0, blur=0))
+    for epoch in range(10):
+        seq.set_epoch(epoch)
+        assert seq[0][0].min() > 0
+
+
+def test_user_compose(tiny_images):
+    import albumentations as A
+
+    seq = make(tiny_images, batch_size=4, augment=A.Compose([A.VerticalFlip(p=1.0)]), seed=0)
+    X, _ = seq[0]
+    assert X.shape == (4, 24, 40, 3)
+
+
+def test_class_weights_become_sample_weights(tiny_images):
+    seq = make(tiny_images, batch_size=5, class_weights={"name": np.arange(12.0), "type": np.array([1.0, 3.0])})
+    X, y, w = seq[0]
+    np.testing.assert_allclose(w["type"], np.where(y["type"][:, 1] == 1, 3.0, 1.0))
+
+
+class Exploding(PatchStore):
+    def patch(self, s):
+        raise RuntimeError("disk fell off")
+
+
+@pytest.mark.parametrize("workers, mp", [(1, False), (2, False), (2, True)])
+def test_batch_errors_name_the_region(tiny_images, workers, mp):
+    store = Exploding(tiny_images, CROP.image_size, CROP.margin, CROP.margin, progress=False)
+    seq = make(tiny_images, batch_size=4, store=store, workers=workers, use_multiprocessing=mp)
+    with pytest.raises(CropclfError, match=r"img \d\.png \(row \d+\).*disk fell off|disk fell off.*img \d\.png"):
+        run_epochs(seq, 1)
+
+
+def test_store_decodes_each_image_once(tiny_images, monkeypatch):
+    import cropclf.patches as patches
+
+    calls = []
+    real = patches.load_image
+    monkeypatch.setattr(patches, "load_image", lambda p: calls.append(p) or real(p))
+    store = PatchStore(tiny_images, CROP.image_size, CROP.margin, 0.5, progress=False)
+    assert sorted(calls) == sorted(set(tiny_images["path"]))
+    seq = make(tiny_images, batch_size=4, store=store, augment=True)
+    for e in range(3):
+        seq.set_epoch(e)
+        [seq[i] for i in range(len(seq))]
+    assert len(calls) == 3
+
+
+def test_store_spills_to_disk_when_over_budget(tiny_images):
+    store = PatchStore(tiny_images, CROP.image_size, CROP.margin, 0.5, memory_mb=0, progress=False)
+    assert store.on_disk
+    seq = make(tiny_images, batch_size=16, store=store)
+    in_memory = make(tiny_images, batch_size=16, store=PatchStore(tiny_images, CROP.image_size, CROP.margin, 0.5,
+                                                                progress=False))
+    np.testing.assert_array_equal(seq[0][0], in_memory[0][0])
+    store.close()
+
+
+def test_missing_image_regions_are_left_out_and_reported(tiny_images, tmp_path):
+    frame = tiny_images.copy()
+    frame.loc[frame.index[:4], "path"] = str(tmp_path / "gone.jpg")
+    seq = make(frame, batch_size=4)
+    assert len(seq.slots) == 6
+    assert sum("missing or unreadable" in p.reason for p in seq.skipped) == 4
+
+
+def test_unlabelled_regions_are_reported(tiny_images):
+    frame = tiny_images.copy()
+    frame.loc[frame.index[0], "type"] = ""
+    seq = make(frame, batch_size=4)
+    assert any("unlabelled for head(s) ['type']" in p.reason for p in seq.skipped)
