@@ -5,7 +5,7 @@ drawn on top: a shape (the `name` head) in a colour family (the `type` head), ro
 shaded, sometimes outlined, partly overlapping and sometimes cut by the border. Regions are
 annotated as a person would in VIA (mostly `rect`, some `polygon`, `ellipse`, `circle`),
 tight around the object with +-2 px of jitter, and written byte for byte as VIA 2.x writes
-its CSV (see /work/shared/VIA_FORMAT.md section 2). The same seed gives the same bytes.
+its CSV (`pack_via_metadata("csv")` in via.js). The same seed gives the same bytes.
 
     from cropclf.demo import make_demo_dataset
     csv_path = make_demo_dataset("data/demo")  # data/demo/annotations.csv + data/demo/images/
@@ -30,12 +30,13 @@ DEMO_NAMES = ("circle", "square", "triangle", "star", "cross")
 DEMO_TYPES = ("red", "green", "blue", "yellow")
 
 _VERSION = 1  # bump when the drawing changes, so that old demo folders are regenerated
-_HEADER = "filename,file_size,file_attributes,region_count,region_id,region_shape_attributes,region_attributes"
+_HEADER = ("filename,file_size,file_attributes,region_count,region_id,"
+           "region_shape_attributes,region_attributes")  # VIA 2.x: no leading "#"
 _HUES = {"red": 0.0, "green": 120.0, "blue": 228.0, "yellow": 54.0}  # family centres, degrees
 _VALUE_MIN = {"red": 0.45, "green": 0.4, "blue": 0.5, "yellow": 0.75}  # dark yellow reads as brown
 _REGION_SHAPES = ("rect", "polygon", "ellipse", "circle")
 _REGION_P = (0.6, 0.2, 0.1, 0.1)
-_MIN_VISIBLE = 0.7  # an object keeps >= 70% of its area visible when later ones overlap it
+_MIN_VISIBLE = 0.75  # an object keeps >= 75% of its area visible when later ones overlap it
 _MIN_INSIDE = 0.85  # and >= 85% of its box inside the image (>= ~80% once jittered)
 
 
@@ -68,29 +69,34 @@ def _num(v: float, places: int = 3) -> int | float:
 
 def _region(kind: str, pts: np.ndarray, name: str, rng: np.random.Generator) -> dict:
     """The VIA shape attributes a person would draw around the outline `pts`."""
-    def jit(n=None):
-        return rng.integers(-2, 3, size=n)
+    def jit(n=None):  # a person's +-2 px
+        return int(rng.integers(-2, 3)) if n is None else rng.integers(-2, 3, size=n)
 
     (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
     if kind == "rect":
         x, y = int(round(x0)) + jit(), int(round(y0)) + jit()
         w, h = int(round(x1)) + jit() - x, int(round(y1)) + jit() - y
-        return {"name": "rect", "x": int(x), "y": int(y), "width": int(w), "height": int(h)}
+        return {"name": "rect", "x": x, "y": y, "width": w, "height": h}
     if kind == "polygon":
         if name == "circle":  # a person clicks 10-16 points around a round object
             pts = pts[:: int(rng.choice([4, 5, 6]))]
-        xs, ys = np.round(pts[:, 0]).astype(int) + jit(len(pts)), np.round(pts[:, 1]).astype(int) + jit(len(pts))
+        xs = np.round(pts[:, 0]).astype(int) + jit(len(pts))
+        ys = np.round(pts[:, 1]).astype(int) + jit(len(pts))  # VIA 2: first point not repeated
         return {"name": "polygon", "all_points_x": xs.tolist(), "all_points_y": ys.tolist()}
-    cx, cy = (x0 + x1) / 2 + jit(), (y0 + y1) / 2 + jit()
-    loose = 1.0 if name == "circle" else 1.12  # round tools drawn around corners overshoot them
     resized = rng.random() < 0.5  # VIA writes 3-decimal floats once a region has been resized
-    if kind == "circle":
-        r = loose * max(x1 - x0, y1 - y0) / 2 + jit()
-        return {"name": "circle", "cx": int(cx), "cy": int(cy), "r": _num(r) if resized else int(round(r))}
-    rx, ry = loose * (x1 - x0) / 2 + jit(), loose * (y1 - y0) / 2 + jit()
+    if kind == "circle":  # drawn around the object, so corners stick out no further than the rim
+        (cx, cy), r = cv2.minEnclosingCircle(pts.astype(np.float32))
+        r = r * rng.uniform(0.95, 1.02) + jit()
+        return {"name": "circle", "cx": int(round(cx)) + jit(), "cy": int(round(cy)) + jit(),
+                "r": _num(r) if resized else int(round(r))}
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    a, b = (x1 - x0) / 2, (y1 - y0) / 2
+    k = np.sqrt((((pts - [cx, cy]) / [a, b]) ** 2).sum(1)).max() * rng.uniform(0.95, 1.02)
+    rx, ry = k * a + jit(), k * b + jit()
     if not resized:
         rx, ry = int(round(rx)), int(round(ry))
-    return {"name": "ellipse", "cx": int(cx), "cy": int(cy), "rx": _num(rx), "ry": _num(ry), "theta": 0}
+    return {"name": "ellipse", "cx": int(round(cx)) + jit(), "cy": int(round(cy)) + jit(),
+            "rx": _num(rx), "ry": _num(ry), "theta": 0}
 
 
 # ----------------------------------------------------------------------------- drawing
@@ -118,6 +124,7 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     img = cv2.resize(grid, (w, h), interpolation=cv2.INTER_LINEAR)
     coarse = rng.standard_normal((h // 24 + 2, w // 24 + 2), np.float32)
     img += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)[..., None] * rng.uniform(4, 14)
+    img = np.clip(img, 0, 255).astype(np.uint8)  # OpenCV anti-aliases lines on 8-bit images only
     scale = min(w, h) / 720
     if rng.random() < 0.3:  # faint tiles or shelves
         step = int(rng.uniform(60, 200) * scale) + 8
@@ -139,95 +146,126 @@ def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
                 axes = (size, int(size * rng.uniform(0.3, 1)))
                 cv2.ellipse(canvas, p, axes, float(rng.uniform(0, 180)), 0, 360, c, -1, cv2.LINE_AA)
             elif kind == 2:
-                box = cv2.boxPoints((p, (size * rng.uniform(0.5, 3), size), float(rng.uniform(0, 90))))
+                box = cv2.boxPoints((p, (size * rng.uniform(0.5, 3), size), rng.uniform(0, 90)))
                 thick = -1 if rng.random() < 0.6 else int(rng.integers(1, 5))
                 cv2.drawContours(canvas, [np.round(box).astype(np.int32)], 0, c, thick, cv2.LINE_AA)
             else:  # a wandering stroke, like a cable or a crack
                 walk = np.cumsum(rng.normal(0, size / 3, (8, 2)), 0) + p
-                cv2.polylines(canvas, [walk.astype(np.int32)], False, c, int(rng.integers(1, 4)), cv2.LINE_AA)
+                thick = int(rng.integers(1, 4))
+                cv2.polylines(canvas, [walk.astype(np.int32)], False, c, thick, cv2.LINE_AA)
         img = canvas if layer == 0 else cv2.addWeighted(img, 0.5, canvas, 0.5, 0)
     fine = cv2.resize(rng.standard_normal((h // 2, w // 2, 3), np.float32), (w, h))
-    return img + fine * rng.uniform(2, 6)
+    return img.astype(np.float32) + fine * rng.uniform(2, 6)
 
 
-def _place(rng, img, labels, areas, visible, kinds, name, kind, colour, w, h):
-    """Draws one object on `img` if a spot keeps every object visible enough; returns its outline."""
-    scale = min(w, h) / 720
+class _Occupancy:
+    """Which object covers each pixel, so that a new object never hides too much of the others."""
+
+    def __init__(self, w: int, h: int):
+        self.owner = np.full((h, w), -1, np.int32)
+        self.area, self.visible, self.kind = [], [], []
+
+    def fits(self, y0: int, x0: int, solid: np.ndarray, kind: str):
+        """The pixels the new object takes from each object, or None if it would spoil one."""
+        owner = self.owner[y0:y0 + solid.shape[0], x0:x0 + solid.shape[1]]
+        hit = np.bincount(owner[solid] + 1, minlength=len(self.area) + 1)[1:]
+        for j in np.flatnonzero(hit):  # too hidden, or merged into an object of its own colour
+            if self.visible[j] - hit[j] < _MIN_VISIBLE * self.area[j] or self.kind[j] == kind:
+                return None
+        return hit
+
+    def add(self, y0: int, x0: int, solid: np.ndarray, kind: str, area: float, hit: np.ndarray):
+        self.visible = [v - int(c) for v, c in zip(self.visible, hit)]
+        self.owner[y0:y0 + solid.shape[0], x0:x0 + solid.shape[1]][solid] = len(self.area)
+        self.area.append(area)
+        self.visible.append(int(solid.sum()))
+        self.kind.append(kind)
+
+
+def _outline(rng: np.random.Generator, name: str, w: int, h: int) -> np.ndarray:
+    """A random placement of the shape: rotated, 40-260 px (at 720 px high), >= 85% inside."""
     unit = _unit_outline(name) * [1.0, rng.uniform(0.85, 1.0)]
+    size = math.exp(rng.uniform(math.log(40), math.log(260))) * min(w, h) / 720
+    t = rng.uniform(0, 2 * np.pi)
+    pts = unit @ np.array([[math.cos(t), math.sin(t)], [-math.sin(t), math.cos(t)]])
+    pts *= size / (pts.max(0) - pts.min(0)).max()  # size = the box's long side
+    centre = rng.uniform([0, 0], [w, h])
+    if rng.random() < 0.15:  # push it against a border
+        axis, far = rng.integers(2), rng.random() < 0.5
+        reach = (pts.max(0) - pts.min(0))[axis] / 2 * rng.uniform(0.6, 1.2)
+        centre[axis] = (w, h)[axis] - reach if far else reach
+    return pts + centre
+
+
+def _inside(pts: np.ndarray, w: int, h: int) -> float:
+    """The fraction of the outline's box that lies inside the image."""
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    iw, ih = max(0.0, min(x1, w) - max(x0, 0)), max(0.0, min(y1, h) - max(y0, 0))
+    return iw * ih / ((x1 - x0) * (y1 - y0))
+
+
+def _round_box(shape: dict) -> np.ndarray:
+    """The corners of a VIA circle's or ellipse's (unrotated) box."""
+    rx, ry = (shape["r"], shape["r"]) if shape["name"] == "circle" else (shape["rx"], shape["ry"])
+    return np.array([(shape["cx"] - rx, shape["cy"] - ry), (shape["cx"] + rx, shape["cy"] + ry)])
+
+
+def _place(rng, img, occ: _Occupancy, name: str, kind: str):
+    """Draws one object on `img` where it fits (30 tries); returns its outline, or None."""
+    h, w = occ.owner.shape
     for _ in range(30):
-        size = math.exp(rng.uniform(math.log(40), math.log(260))) * scale
-        t = rng.uniform(0, 2 * np.pi)
-        rot = np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
-        centre = rng.uniform([0, 0], [w, h])
-        if rng.random() < 0.15:  # push it against a border
-            edge = rng.integers(4)
-            centre[edge % 2] = (0 if edge < 2 else (w, h)[edge % 2]) + size / 2 * rng.uniform(0.5, 1.2) * (
-                1 if edge < 2 else -1)
-        pts = unit @ rot.T
-        pts = pts * (size / (pts.max(0) - pts.min(0)).max()) + centre  # size = the box's long side
-        (bx0, by0), (bx1, by1) = pts.min(0), pts.max(0)
-        inside = (min(bx1, w) - max(bx0, 0)) * (min(by1, h) - max(by0, 0)) / ((bx1 - bx0) * (by1 - by0))
-        if min(bx1, by1) <= 0 or bx0 >= w or by0 >= h or inside < _MIN_INSIDE:
+        pts = _outline(rng, name, w, h)
+        if _inside(pts, w, h) < _MIN_INSIDE:
             continue
-        x0, y0 = np.floor(pts.min(0)).astype(int) - 12
-        x1, y1 = np.ceil(pts.max(0)).astype(int) + 12
-        px0, py0, px1, py1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        if px1 - px0 < 4 or py1 - py0 < 4:
-            continue
-        mask = np.zeros((py1 - py0, px1 - px0), np.uint8)
-        cv2.fillPoly(mask, [np.round((pts - [px0, py0]) * 16).astype(np.int32)], 255, cv2.LINE_AA, 4)
-        solid = mask > 127
-        area = cv2.contourArea(pts.astype(np.float32))
-        lab = labels[py0:py1, px0:px1]
-        hit = np.bincount(lab[solid] + 1, minlength=len(areas) + 1)[1:]
-        if any(visible[j] - hit[j] < _MIN_VISIBLE * areas[j] or kinds[j] == kind
-               for j in np.flatnonzero(hit)):
-            continue  # would hide too much of an object, or merge with one of the same colour
-        break
+        x0, y0 = np.maximum(np.floor(pts.min(0)).astype(int) - 12, 0)
+        x1, y1 = np.minimum(np.ceil(pts.max(0)).astype(int) + 12, (w, h))
+        poly = [np.round((pts - [x0, y0]) * 16).astype(np.int32)]  # 4 fractional bits
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(mask, poly, 255, cv2.LINE_AA, 4)
+        hit = occ.fits(y0, x0, mask > 127, kind)
+        if hit is not None:
+            break
     else:
         return None
-    # Colour: a base colour, a linear shading across the object and a faint texture.
-    base = _rgb(*colour)
-    yy, xx = np.mgrid[py0:py1, px0:px1].astype(np.float32)
+    # Colour: jittered within the family, shaded linearly across the object, a faint texture.
+    hue, sat = _HUES[kind] + rng.uniform(-8, 8), rng.uniform(0.5, 1)
+    base = _rgb(hue, sat, rng.uniform(_VALUE_MIN[kind], 1))
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    (cx, cy), radius = pts.mean(0), (pts.max(0) - pts.min(0)).max() / 2
     d = rng.normal(size=2)
     d /= np.linalg.norm(d) + 1e-6
-    ramp = ((xx - centre[0]) * d[0] + (yy - centre[1]) * d[1]) / (size / 2)
-    shade = 1 + rng.uniform(0.05, 0.2) * np.clip(ramp, -1, 1)
-    fill = base * shade[..., None] + rng.standard_normal(mask.shape + (3,), np.float32) * 3
-    alpha = mask.astype(np.float32)
+    ramp = np.clip(((xx - cx) * d[0] + (yy - cy) * d[1]) / radius, -1, 1)
+    fill = base * (1 + rng.uniform(0.05, 0.2) * ramp)[..., None]
+    fill += rng.standard_normal(mask.shape + (3,), np.float32) * 3
+    alpha = mask[..., None] / np.float32(255)
     if rng.random() < 0.35:  # a thin darker (or lighter) outline
-        edge_c = tuple(float(c) for c in base * rng.choice([0.45, 0.6, 1.3]))
-        poly = [np.round((pts - [px0, py0]) * 16).astype(np.int32)]
-        cv2.polylines(fill, poly, True, edge_c, int(rng.integers(1, 3)), cv2.LINE_AA, 4)
-        cv2.polylines(alpha, poly, True, 255.0, int(rng.integers(1, 3)), cv2.LINE_AA, 4)
-    alpha = alpha[..., None] / 255
-    patch = img[py0:py1, px0:px1]
+        line = np.zeros_like(mask)
+        cv2.polylines(line, poly, True, 255, int(rng.integers(1, 3)), cv2.LINE_AA, 4)
+        line = line[..., None] / np.float32(255)
+        fill = fill * (1 - line) + np.clip(base * rng.choice([0.45, 0.6, 1.3]), 0, 255) * line
+        alpha = np.maximum(alpha, line)
+    patch = img[y0:y1, x0:x1]
     if rng.random() < 0.4:  # a soft drop shadow
         dx, dy = rng.integers(2, 9, size=2)
         shadow = np.zeros_like(alpha[..., 0])
         shadow[dy:, dx:] = alpha[: alpha.shape[0] - dy, : alpha.shape[1] - dx, 0]
         patch *= 1 - 0.35 * cv2.GaussianBlur(shadow, (0, 0), 3)[..., None]
-    img[py0:py1, px0:px1] = patch * (1 - alpha) + fill * alpha
-    for j in np.flatnonzero(hit):
-        visible[j] -= hit[j]
-    lab[solid] = len(areas)
-    areas.append(area)
-    kinds.append(kind)
-    visible.append(int(solid.sum()))
+    img[y0:y1, x0:x1] = patch * (1 - alpha) + fill * alpha
+    occ.add(y0, x0, mask > 127, kind, cv2.contourArea(pts.astype(np.float32)), hit)
     return pts
 
 
 def _scene(rng: np.random.Generator, w: int, h: int, n_objects: int, quality: int):
     """One JPEG scene as bytes, and its regions as (shape attributes, region attributes)."""
     img = _background(rng, w, h)
-    labels = np.full((h, w), -1, np.int32)
-    areas, visible, kinds, regions = [], [], [], []
+    occ, regions = _Occupancy(w, h), []
     for _ in range(n_objects):
-        name, kind = DEMO_NAMES[rng.integers(5)], DEMO_TYPES[rng.integers(4)]
-        colour = (_HUES[kind] + rng.uniform(-8, 8), rng.uniform(0.5, 1), rng.uniform(_VALUE_MIN[kind], 1))
-        pts = _place(rng, img, labels, areas, visible, kinds, name, kind, colour, w, h)
+        name, kind = DEMO_NAMES[rng.integers(5)], DEMO_TYPES[rng.integers(4)]  # independent
+        pts = _place(rng, img, occ, name, kind)
         if pts is not None:
             shape = _region(_REGION_SHAPES[rng.choice(4, p=_REGION_P)], pts, name, rng)
+            if shape["name"] in ("ellipse", "circle") and _inside(_round_box(shape), w, h) < 0.85:
+                shape = _region("rect", pts, name, rng)  # the round tool overshoots the border
             regions.append((shape, {"name": name, "type": kind}))
     # Camera: uneven light, a white-balance tint, sometimes defocus, always sensor noise.
     light = cv2.resize(rng.uniform(0.85, 1.1, (2, 2)).astype(np.float32), (w, h))
@@ -250,27 +288,61 @@ def _cell(obj: dict) -> str:
 
 
 def _is_complete(out_dir: pathlib.Path, args: dict) -> bool:
+    """Whether `out_dir` holds every file of a demo made with exactly `args`."""
     try:
         meta = json.loads((out_dir / "demo.json").read_text())
     except (OSError, ValueError):
         return False
+    images = meta.get("images")
     return (meta.get("args") == args and (out_dir / "annotations.csv").is_file()
-            and all((out_dir / f).is_file() for f in meta.get("images", [None])))
+            and isinstance(images, list) and len(images) == args["n_images"]
+            and all((out_dir / str(f)).is_file() for f in images))
 
 
-def make_demo_dataset(out_dir, n_images=240, image_size=(1280, 720), objects_per_image=(5, 10),
-                      seed=0, progress=True) -> pathlib.Path:
+def _write(out_dir: pathlib.Path, args: dict, progress: bool) -> None:
+    """Generates every scene into `out_dir` (which must not exist yet)."""
+    n, (w, h), (lo, hi) = args["n_images"], args["image_size"], args["objects_per_image"]
+    (out_dir / "images").mkdir(parents=True)
+    # One child RNG per scene: scene i is the same whatever `n_images` is.
+    rngs = np.random.default_rng(args["seed"]).spawn(n)
+    lines, images = [_HEADER], []
+    for i, rng in enumerate(rngs):
+        n_objects = int(rng.integers(lo, hi + 1))
+        data, regions = _scene(rng, w, h, n_objects, quality=int(rng.integers(86, 94)))
+        fname = f"images/scene_{i:04d}.jpg"
+        (out_dir / fname).write_bytes(data)
+        images.append(fname)
+        head = f'{fname},{len(data)},"{{}}"'  # filename and size raw, file attributes empty
+        if not regions:  # VIA still writes one row for an image without regions
+            lines.append(f'{head},0,0,"{{}}","{{}}"')
+        for k, (shape, attrs) in enumerate(regions):
+            lines.append(f"{head},{len(regions)},{k},{_cell(shape)},{_cell(attrs)}")
+        if progress and (i + 1) * 10 // n > i * 10 // n:
+            print(f"demo: {i + 1}/{n} images", file=sys.stderr, flush=True)
+    (out_dir / "annotations.csv").write_bytes("\n".join(lines).encode("utf-8"))  # no final newline
+    (out_dir / "demo.json").write_text(json.dumps({"args": args, "images": images}))
+
+
+def make_demo_dataset(
+    out_dir: str | os.PathLike,
+    n_images: int = 240,
+    image_size: tuple[int, int] = (1280, 720),
+    objects_per_image: tuple[int, int] = (5, 10),
+    seed: int = 0,
+    progress: bool = True,
+) -> pathlib.Path:
     """Writes the demo dataset (JPEG scenes + a VIA 2.x CSV) and returns the CSV's path.
 
     The folder is built beside `out_dir` and renamed into place, so it is either complete or
     absent. When `out_dir` already holds a dataset made with the same arguments (recorded in
-    `out_dir/demo.json`), it is reused as is.
+    `out_dir/demo.json`), it is reused as is; a demo made otherwise is replaced.
 
     Args:
         out_dir: folder to write `images/scene_0000.jpg ...`, `annotations.csv` and `demo.json`.
         n_images: number of scenes.
         image_size: `(width, height)` of each scene in pixels.
-        objects_per_image: `(low, high)`, inclusive range of objects tried per scene.
+        objects_per_image: `(low, high)`, inclusive range of objects tried per scene; a few
+            may not fit and are left out.
         seed: seed of the owned RNG; the same seed gives byte-identical files.
         progress: print a progress line to stderr every 10%.
 
@@ -280,51 +352,49 @@ def make_demo_dataset(out_dir, n_images=240, image_size=(1280, 720), objects_per
     Raises:
         ConfigError: an argument is out of range, or `out_dir` holds files that are not a demo.
     """
-    w, h = (int(v) for v in image_size)
-    lo, hi = (int(v) for v in objects_per_image)
-    if int(n_images) < 1:
+    if len(image_size) != 2 or len(objects_per_image) != 2:
+        raise ConfigError(
+            "`image_size` and `objects_per_image` must be pairs. "
+            f"Received: image_size={image_size}, objects_per_image={objects_per_image}"
+        )
+    (w, h), (lo, hi) = image_size, objects_per_image
+    if n_images < 1:
         raise ConfigError(f"`n_images` must be >= 1. Received: n_images={n_images}")
     if w < 64 or h < 64:
-        raise ConfigError(f"`image_size` must be (width, height), each >= 64. Received: image_size={image_size}")
+        raise ConfigError(
+            f"`image_size` must be (width, height), each >= 64. Received: image_size={image_size}"
+        )
     if not 0 <= lo <= hi:
-        raise ConfigError(f"`objects_per_image` must be (low, high) with 0 <= low <= high. "
-                          f"Received: objects_per_image={objects_per_image}")
+        raise ConfigError(
+            "`objects_per_image` must be (low, high) with 0 <= low <= high. "
+            f"Received: objects_per_image={objects_per_image}"
+        )
     out_dir = pathlib.Path(out_dir)
-    csv_path = out_dir / "annotations.csv"
-    args = {"version": _VERSION, "n_images": int(n_images), "image_size": [w, h],
-            "objects_per_image": [lo, hi], "seed": int(seed)}
+    args = {"version": _VERSION, "n_images": int(n_images), "image_size": [int(w), int(h)],
+            "objects_per_image": [int(lo), int(hi)], "seed": int(seed)}
     if _is_complete(out_dir, args):
-        return csv_path
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "demo.json").exists():
-        raise ConfigError(f"`out_dir` holds files but no demo.json, so it is not a demo dataset "
-                          f"and will not be replaced. Received: out_dir={out_dir}")
+        return out_dir / "annotations.csv"
+    if out_dir.exists() and not (out_dir / "demo.json").is_file() and (
+        not out_dir.is_dir() or any(out_dir.iterdir())
+    ):
+        raise ConfigError(
+            "`out_dir` holds files but no demo.json, so it is not a demo dataset and will not "
+            f"be replaced. Received: out_dir={out_dir}"
+        )
 
     tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
     try:
-        # One child RNG per scene: scene i is the same whatever n_images is.
-        rngs = np.random.default_rng(int(seed)).spawn(int(n_images))
-        lines, images = [_HEADER], []
-        for i, rng in enumerate(rngs):
-            n_obj = int(rng.integers(lo, hi + 1))
-            data, regions = _scene(rng, w, h, n_obj, quality=int(rng.integers(86, 94)))
-            fname = f"images/scene_{i:04d}.jpg"
-            (tmp / fname).write_bytes(data)
-            images.append(fname)
-            if not regions:  # VIA still writes one row for an image without regions
-                lines.append(f'{fname},{len(data)},"{{}}",0,0,"{{}}","{{}}"')
-            for k, (shape, attrs) in enumerate(regions):
-                lines.append(f'{fname},{len(data)},"{{}}",{len(regions)},{k},{_cell(shape)},{_cell(attrs)}')
-            if progress and (i + 1) * 10 // n_images > i * 10 // n_images:
-                print(f"demo: {i + 1}/{n_images} images", file=sys.stderr, flush=True)
-        (tmp / "annotations.csv").write_bytes("\n".join(lines).encode("utf-8"))  # no final newline
-        (tmp / "demo.json").write_text(json.dumps({"args": args, "images": images}))
-        old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
+        _write(tmp, args, progress)
         if out_dir.exists():
             out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if not _is_complete(out_dir, args):  # another process may have just made the same
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return csv_path
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir / "annotations.csv"

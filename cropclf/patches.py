@@ -163,12 +163,12 @@ class PatchStore:
         return None
 
     def _fill(self, image: np.ndarray, slots) -> None:
+        height, width = image.shape[:2]
         for s in slots:
             x0, y0, x1, y1 = self.windows[s]
-            cut = cut_window(image, (x0, y0, x1, y1), self.pad_value)
-            h, w = self.shapes[s]
-            cut = resize(cut, (h, w))
-            self.buffer[self.offsets[s]:self.offsets[s + 1]] = cut.reshape(-1)
+            inside = x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
+            cut = image[y0:y1, x0:x1] if inside else cut_window(image, (x0, y0, x1, y1), self.pad_value)
+            self.patch(s)[...] = resize(cut, self.shapes[s])
 
     # --- reading ----------------------------------------------------------------------------
 

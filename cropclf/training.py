@@ -41,7 +41,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         log(f"Run {run_dir} is already complete; pass --overwrite to train it again.")
         return run_dir
     saved = _read_json(run_dir / "config.json")
-    if saved is not None and Config.from_dict(saved) != cfg:
+    if saved is not None and Config.from_dict(saved).replace(**{"train.epochs": cfg.train.epochs}) != cfg:
         raise ConfigError(f"{run_dir} holds a run with a different config; use the same settings to resume, "
                           f"--overwrite to start over, or another --out. Received: {run_dir / 'config.json'}")
     state = _read_json(run_dir / "state.json") if (run_dir / "last.keras").exists() else None

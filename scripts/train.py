@@ -24,6 +24,9 @@ def main():
     quiet_tensorflow()
     cfg = config_from_args(args)
     out = args.out or f"runs/{Path(cfg.data.annotations).stem if cfg.data.annotations else 'demo'}"
+    from cropclf.dataset import load_frame
+
+    load_frame(cfg)  # bad annotations fail here, in a second, before TensorFlow starts (makes the demo data)
     from cropclf.training import train
 
     run_dir = train(cfg, out, overwrite=args.overwrite)

@@ -77,3 +77,32 @@ def shared_samples():
 
 def read_json(path):
     return json.loads(Path(path).read_text())
+
+
+def small_config(annotations, **overrides):
+    """A config that trains in seconds on the small demo data."""
+    from cropclf.config import Config
+
+    cfg = Config().replace(**{"data.annotations": str(annotations), "crop.image_size": [32, 32],
+                              "model.width": 16, "train.epochs": 15, "train.batch_size": 32,
+                              "train.learning_rate": 0.003})
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+@pytest.fixture(scope="session")
+def demo_medium(tmp_path_factory):
+    """80 scenes of 320x200 (~600 regions): enough to show learning in seconds."""
+    from cropclf.demo import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("demo80"), n_images=80, image_size=(320, 200), seed=5,
+                             progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_medium, tmp_path_factory):
+    """A run trained once for the session (in this process), exported and evaluated."""
+    from cropclf.training import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "small"
+    train(small_config(demo_medium), run_dir, log=lambda *a: None)
+    return run_dir

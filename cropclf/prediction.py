@@ -1,0 +1,400 @@
+"""Classifies regions with an exported SavedModel alone, and writes the labels back for VIA.
+
+    classifier = Classifier("runs/demo/saved_model")
+    frame = read_annotations("via.csv")
+    predictions, skipped = predict_regions(classifier, frame)
+    write_via("via.csv", "via_predicted.csv", frame, predictions, classifier.heads)
+
+Only TensorFlow, OpenCV, numpy and pandas: no Keras and nothing of the training code, so a
+machine that serves the model needs none of it. Images are decoded as in training (`load_image`,
+EXIF applied) and each image's regions go through the ``classify_regions`` signature in one call.
+Regions that cannot be classified (points, lines and boxes thinner than the model's
+``crop.min_size``, boxes wholly outside their image, missing or unreadable images) come back as
+`Skipped`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from cropclf import artifacts
+from cropclf.annotations import _repair  # the reader's fix for VIA's bare `undefined`
+from cropclf.errors import CropclfError, ImageError
+from cropclf.images import load_image, probe_image
+from cropclf.progress import Progress
+
+COLUMNS = ("filename", "region_id", "row", "x", "y", "width", "height")
+MIN_SIZE = 2.0  # CropConfig.min_size: training and evaluation leave out thinner boxes too
+PROGRESS_FROM = 10  # images; fewer finish before a progress line would help
+_OPTION_TYPES = ("radio", "dropdown", "image", "checkbox")  # VIA stores option ids for these
+_BOX_HELP = "--box takes x,y,width,height in image pixels (4 numbers, width and height >= 0)"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A region left out: where it is and why."""
+
+    filename: str
+    row: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.filename} ({self.row}): {self.reason}"
+
+
+class Classifier:
+    """A SavedModel from `cropclf.export`: its heads (from ``metadata()``) and ``classify_regions``.
+
+    Raises:
+        CropclfError: ``path`` is not a SavedModel, or not one written by cropclf.
+    """
+
+    def __init__(self, path):
+        path = Path(path)
+        if not (path / "saved_model.pb").is_file():
+            raise CropclfError(f"--model must be a SavedModel folder (holding saved_model.pb), "
+                               f"as scripts/train.py and scripts/export.py write. "
+                               f"Received: --model {path}")
+        import tensorflow as tf  # seconds to import: input errors should not wait for it
+
+        try:
+            signatures = tf.saved_model.load(str(path)).signatures
+        except (OSError, ValueError, tf.errors.OpError) as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise CropclfError(f"{path}: TensorFlow cannot load this SavedModel ({first}). "
+                               f"Received: --model {path}") from None
+        missing = [s for s in ("classify_regions", "metadata") if s not in signatures]
+        meta = {} if missing else {k: v.numpy().decode("utf-8")
+                                   for k, v in signatures["metadata"]().items()}
+        if missing or not {"labels_json", "preprocessing_json"} <= meta.keys():
+            raise CropclfError(f"{path}: not a cropclf SavedModel (it needs the classify_regions "
+                               f"and metadata signatures); export it with scripts/export.py. "
+                               f"Received: signatures {sorted(signatures)}")
+        labels, prep = json.loads(meta["labels_json"]), json.loads(meta["preprocessing_json"])
+        self.heads = list(prep.get("heads") or labels)
+        self.classes = {h: labels[h]["classes"] for h in self.heads}
+        self.min_size = _min_size(path)
+        self._fn = signatures["classify_regions"]
+        self._keys = {h: output_name(h) for h in self.heads}
+        outputs = self._fn.structured_outputs
+        lost = [h for h, k in self._keys.items() if f"{k}_label" not in outputs]
+        if lost:
+            raise CropclfError(f"{path}: no outputs for head(s) {lost} in classify_regions. "
+                               f"Received: outputs {sorted(outputs)}")
+
+    def classify(self, image: np.ndarray, boxes) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per head, labels and scores of ``boxes`` (VIA ``x, y, w, h``) on an RGB uint8 image."""
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        out = self._fn(image=np.ascontiguousarray(image, np.uint8), boxes=boxes)
+        return {h: ([b.decode("utf-8") for b in out[f"{k}_label"].numpy()],
+                    out[f"{k}_score"].numpy()) for h, k in self._keys.items()}
+
+
+def output_name(head: str) -> str:
+    """`cropclf.model.output_name`, repeated here so that serving never imports Keras."""
+    name = re.sub(r"\W", "_", head, flags=re.ASCII)
+    return name if re.match(r"[A-Za-z]", name) else f"head_{name}"
+
+
+def _min_size(path: Path) -> float:
+    try:
+        crop = json.loads((path / "assets.extra" / "config.json").read_text("utf-8"))["crop"]
+        return float(crop.get("min_size", MIN_SIZE))
+    except (OSError, ValueError, KeyError, TypeError):
+        return MIN_SIZE
+
+
+# --- regions in ---------------------------------------------------------------------------------
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """Parses ``"x,y,w,h"``. Raises `CropclfError` naming the value."""
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CropclfError(f"{_BOX_HELP}; a value is not a number. "
+                           f"Received: --box {text}") from None
+    if len(box) != 4:
+        raise CropclfError(f"{_BOX_HELP}; found {len(box)} value(s). Received: --box {text}")
+    if not all(math.isfinite(v) for v in box) or box[2] < 0 or box[3] < 0:
+        raise CropclfError(f"{_BOX_HELP}; width and height must be finite and >= 0. "
+                           f"Received: --box {text}")
+    return box
+
+
+def regions_from_boxes(image, boxes: list[str]) -> pd.DataFrame:
+    """A frame shaped like `read_annotations`' for ``--box`` texts on one image (checked first)."""
+    parsed = [parse_box(b) for b in boxes]
+    probe_image(image)  # a missing or broken image is an error here, not a skipped region
+    rows = [{"filename": str(image), "path": str(image), "region_id": k, "shape": "rect",
+             "x": x, "y": y, "width": w, "height": h, "row": f"--box {k + 1}"}
+            for k, (x, y, w, h) in enumerate(parsed)]
+    return pd.DataFrame(rows, columns=["filename", "path", "region_id", "shape", "x", "y", "width",
+                                       "height", "row"])
+
+
+# --- prediction ---------------------------------------------------------------------------------
+
+def predict_regions(clf: Classifier, frame: pd.DataFrame, draw_dir=None,
+                    progress: bool = True) -> tuple[pd.DataFrame, list[Skipped]]:
+    """Classifies every region of ``frame`` (from `read_annotations`), one signature call per image.
+
+    Returns:
+        The predictions (index: the frame's, columns `COLUMNS` then per head ``<head>`` and
+        ``<head>_score``) and the regions that could not be classified.
+    """
+    records, index, skipped = [], [], []
+    groups = frame.groupby("path", sort=False)
+    names: set[str] = set()
+    many = progress and groups.ngroups >= PROGRESS_FROM
+    with Progress(groups.ngroups, "predict", enabled=many) as bar:
+        for path, group in groups:
+            rows = group.to_dict("records")
+            try:
+                image = load_image(path)
+            except ImageError as e:
+                reason = str(e).split(" Received:")[0].removeprefix(f"{path}: ").rstrip(".")
+                skipped += [Skipped(r["filename"], r["row"], f"cannot read {path}: {reason}")
+                            for r in rows]
+                bar.update()
+                continue
+            keep = []
+            for idx, r in zip(group.index, rows):
+                why = why_not(r, image.shape[:2], clf.min_size)
+                if why:
+                    skipped.append(Skipped(r["filename"], r["row"], why))
+                else:
+                    keep.append((idx, r))
+            boxes = [[r["x"], r["y"], r["width"], r["height"]] for _, r in keep]
+            result = clf.classify(image, boxes) if keep else {}
+            for k, (idx, r) in enumerate(keep):
+                record = {c: _plain(r[c]) for c in COLUMNS}
+                for h, (labels, scores) in result.items():
+                    record[h], record[f"{h}_score"] = labels[k], round(float(scores[k]), 6)
+                records.append(record)
+                index.append(idx)
+            if draw_dir is not None:
+                draw_path = _unique(Path(draw_dir), Path(path).stem, names)
+                drawn = draw_regions(image, boxes, records[len(records) - len(keep):], clf.heads)
+                png = cv2.imencode(".png", drawn[..., ::-1])[1]  # RGB -> OpenCV's BGR
+                artifacts.write_bytes(draw_path, png.tobytes())
+            bar.update()
+    columns = [*COLUMNS, *(c for h in clf.heads for c in (h, f"{h}_score"))]
+    return pd.DataFrame(records, index=index, columns=columns, dtype=object), skipped
+
+
+def why_not(region, image_hw, min_size: float = MIN_SIZE) -> str | None:
+    """Why a region cannot be classified on an image of ``image_hw``, or None when it can."""
+    x, y, w, h = (float(region[c]) for c in ("x", "y", "width", "height"))
+    if w < min_size or h < min_size:
+        what = "point or line" if w == 0 or h == 0 else "too small"
+        return f"box {w:g}x{h:g} px is thinner than {min_size:g} px ({what})"
+    height, width = image_hw
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies wholly outside the {width}x{height} image"
+    return None
+
+
+def draw_regions(image: np.ndarray, boxes, records, heads) -> np.ndarray:
+    """A copy of ``image`` with each box and its predicted labels (and scores) drawn on it."""
+    out = image.copy()
+    scale = max(0.35, min(image.shape[:2]) / 900)
+    thick = max(1, round(scale * 2))
+    for (x, y, w, h), record in zip(boxes, records):
+        x0, y0, x1, y1 = (int(round(v)) for v in (x, y, x + w, y + h))
+        cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), (0, 255, 0), thick)  # the box is [x, x + w)
+        text = " / ".join(f"{record[h]} {record[f'{h}_score']:.2f}" for h in heads)
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = y0 - base - 2 if y0 - th - base - 2 >= 0 else min(y0, out.shape[0]) + th + 2
+        tx = min(max(x0, 0), max(out.shape[1] - tw, 0))
+        cv2.rectangle(out, (tx, ty - th - 2), (tx + tw, ty + base), (0, 0, 0), cv2.FILLED)
+        cv2.putText(out, text, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out
+
+
+def _unique(folder: Path, stem: str, taken: set[str]) -> Path:
+    name, k = f"{stem}.png", 1
+    while name in taken:
+        name, k = f"{stem}_{k}.png", k + 1
+    taken.add(name)
+    return folder / name
+
+
+def _plain(value):
+    """Numbers as ints where whole (``10`` rather than ``10.0``); anything else unchanged."""
+    if isinstance(value, (float, np.floating)):
+        return int(value) if float(value).is_integer() else float(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def write_predictions(predictions: pd.DataFrame, out=None, fmt: str | None = None) -> str:
+    """Writes CSV or JSON (``fmt``, else ``out``'s extension) to ``out`` atomically, or stdout."""
+    fmt = fmt or ("json" if out and Path(out).suffix.lower() == ".json" else "csv")
+    if fmt == "json":
+        text = json.dumps(predictions.to_dict("records"), indent=2, ensure_ascii=False) + "\n"
+    else:
+        text = predictions.to_csv(index=False, lineterminator="\n")
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        artifacts.write_text(out, text)
+    return fmt
+
+
+# --- VIA out: the same file with the predicted labels as region attributes -----------------------
+
+def write_via(source, out, frame: pd.DataFrame, predictions: pd.DataFrame, heads) -> Path:
+    """Writes ``source`` again, in its own format, with predicted labels as region attributes.
+
+    Regions are matched to ``frame`` (read from ``source``) by filename and region id, numbered as
+    `read_annotations` numbers them. Other attributes stay; skipped regions keep theirs.
+    """
+    occurrence = frame.groupby(["filename", "region_id"], sort=False).cumcount()
+    labels = {(frame.at[i, "filename"], int(frame.at[i, "region_id"]), int(occurrence[i])):
+              {h: predictions.at[i, h] for h in heads} for i in predictions.index}
+    text = Path(source).read_bytes().decode("utf-8-sig")
+    fmt = frame.attrs.get("format", "")
+    if fmt in ("via1_csv", "via2_csv"):
+        text = _via_csv(text, labels)
+    elif fmt == "flat_csv":
+        text = _flat_csv(text, labels, heads)
+    else:
+        text = _via_json(text, labels, heads)
+    return artifacts.write_text(out, text)
+
+
+def _via_json(text: str, labels: dict, heads) -> str:
+    data = _load(text)
+    project = "_via_img_metadata" in data
+    images = data["_via_img_metadata"] if project else data
+    specs = data.get("_via_attributes") if project else None
+    defined = specs.setdefault("region", {}) if isinstance(specs, dict) else None
+    if isinstance(defined, dict):  # a project: VIA shows only the attributes it defines
+        for h in heads:
+            defined.setdefault(h, {"type": "text", "description": "", "default_value": ""})
+    else:
+        defined = {}
+    seen: dict = {}
+    for image in images.values():
+        regions = image.get("regions", [])
+        for i, region in enumerate(regions.values() if isinstance(regions, dict) else regions):
+            if not region.get("shape_attributes"):
+                continue  # not a region to the reader either
+            key = _key(seen, image["filename"], i)
+            if key in labels:
+                attrs = region.setdefault("region_attributes", {})
+                for h, value in labels[key].items():
+                    attrs[h] = _option_value(value, defined.get(h))
+    indent = re.match(r"\s*[{\[]\s*\n([ \t]+)", text)
+    dumped = json.dumps(data, ensure_ascii=False, indent=len(indent[1]) if indent else None,
+                        separators=None if indent else (",", ":"))
+    return dumped + "\n" * text.endswith("\n")
+
+
+def _via_csv(text: str, labels: dict) -> str:
+    """VIA's own style: 7 columns, filename and size raw, JSON cells quoted, no trailing newline."""
+    records = _records(text)
+    lines, seen = [",".join(records[0][:7])], {}
+    for fields in records[1:]:
+        filename, size, file_attrs, count, region_id, shape, attrs = (fields + [""] * 7)[:7]
+        if _obj(shape):
+            key = _key(seen, filename, int(region_id))
+            if key in labels:
+                attrs = _compact(_obj(attrs) | labels[key])
+        lines.append(",".join([_raw(filename), size, _quote(file_attrs), count, region_id,
+                               _quote(shape), _quote(attrs)]))
+    return "\n".join(lines)
+
+
+def _flat_csv(text: str, labels: dict, heads) -> str:
+    """The flat CSV (``filename``, label columns, ``region_shape_attributes``), heads filled in."""
+    records = _records(text)
+    header = records[0]
+    while len(header) > 1 and not header[-1].strip():
+        header = header[:-1]  # trailing commas, as VIA 1.0.2 wrote them
+    names = [f.strip() for f in header]
+    names[0] = names[0].lstrip("#").strip()
+    has_cell = "region_attributes" in names
+    added = [h for h in heads if h not in names and not has_cell]
+    rows, counters, seen = [header + added], {}, {}
+    for fields in records[1:]:
+        fields = (fields + [""] * len(names))[:len(names)] + [""] * len(added)
+        cells = dict(zip(names, fields))
+        filename = cells["filename"]
+        counters[filename] = counters.get(filename, -1) + 1
+        if _obj(cells["region_shape_attributes"]):
+            key = _key(seen, filename, int(cells.get("region_id", counters[filename])))
+            for h, value in labels.get(key, {}).items():
+                if h in names or h in added:
+                    fields[(names + added).index(h)] = value
+            if has_cell and key in labels:
+                fields[names.index("region_attributes")] = _compact(
+                    _obj(cells["region_attributes"]) | labels[key])
+        rows.append(fields)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue() if text.endswith(("\n", "\r")) else buffer.getvalue()[:-1]
+
+
+def _key(seen: dict, filename: str, region_id: int) -> tuple:
+    """(filename, region_id, n): n tells apart regions that share both (repeated images)."""
+    n = seen.get((filename, region_id), -1) + 1
+    seen[(filename, region_id)] = n
+    return filename, region_id, n
+
+
+def _option_value(label: str, spec):
+    """A label as VIA stores it: an option id (radio, dropdown, image) or ``{id: true}``."""
+    if not isinstance(spec, dict) or spec.get("type") not in _OPTION_TYPES:
+        return label
+    options = spec.setdefault("options", {})
+    if not isinstance(options, dict):
+        return label
+    by_label = {str(v).strip(): k for k, v in options.items()}  # the reader shows labels first
+    ids = []
+    for part in label.split(";") if spec["type"] == "checkbox" else [label]:
+        option = by_label.get(part, part if part in options else None)
+        if option is None:  # a class VIA has no option for: add it, so VIA can show it
+            options[part] = option = part
+        ids.append(option)
+    return {i: True for i in ids} if spec["type"] == "checkbox" else ids[0]
+
+
+def _records(text: str) -> list[list[str]]:
+    return [r for r in csv.reader(io.StringIO(text, newline="")) if any(f.strip() for f in r)]
+
+
+def _load(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return json.loads(_repair(text)[0])  # the reader read it, so this succeeds
+
+
+def _obj(cell: str) -> dict:
+    value = _load(cell) if cell.strip() else {}
+    return value if isinstance(value, dict) else {}
+
+
+def _compact(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _quote(cell: str) -> str:
+    return '"' + (cell.strip() or "{}").replace('"', '""') + '"'
+
+
+def _raw(filename: str) -> str:
+    """VIA writes file names unquoted; quote only what would otherwise break the row."""
+    return '"' + filename.replace('"', '""') + '"' if re.search(r'[,"\r\n]', filename) else filename

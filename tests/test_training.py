@@ -1,0 +1,122 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pandas as pd
+import pytest
+
+from conftest import REPO, small_config
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "CROPCLF_QUIET": "1"}
+
+
+def script(name, *args, **popen):
+    return [sys.executable, str(REPO / "scripts" / name), *map(str, args)]
+
+
+def test_run_directory_holds_everything(trained_run):
+    for name in ("config.json", "labels.json", "split.csv", "data_report.json", "model.keras", "history.csv",
+                 "history.json", "curves.png", "saved_model/saved_model.pb", "status.json", "tensorboard"):
+        assert (trained_run / name).exists(), name
+    assert json.loads((trained_run / "status.json").read_text())["state"] == "complete"
+    assert not list(trained_run.glob(".*.tmp")) and not list(trained_run.glob(".*.keras"))
+    split = pd.read_csv(trained_run / "split.csv")
+    assert split["path"].is_unique and set(split["split"]) == {"train", "val", "test"}
+    history = json.loads((trained_run / "history.json").read_text())
+    assert {"name_accuracy", "type_accuracy", "val_name_accuracy", "val_type_accuracy"} <= set(history)
+
+
+def test_learning_happens(trained_run):
+    from cropclf.evaluation import evaluate_run
+
+    report = evaluate_run(trained_run, log=lambda *a: None)
+    # chance is 0.2 (5 shapes) and 0.25 (4 colours)
+    assert report["heads"]["type"]["accuracy"] > 0.7
+    assert report["heads"]["name"]["accuracy"] > 0.3  # shapes learn slower: ~0.4 after 15 short epochs
+    assert (trained_run / "evaluation" / "confusion_name.png").exists()
+    assert (trained_run / "evaluation" / "worst.png").exists()
+
+
+def test_same_command_after_completion_does_not_retrain(trained_run, demo_medium):
+    from cropclf.training import train
+
+    messages = []
+    train(small_config(demo_medium), trained_run, log=messages.append)
+    assert any("already complete" in m for m in messages)
+
+
+def _train_cmd(demo, out, epochs):
+    return script("train.py", "--annotations", demo, "--out", out, "--epochs", epochs, "--image-size", "32",
+                  "--batch-size", "16", "--set", "model.width=8", "--no-evaluate")
+
+
+def _wait_for_epoch(out, epoch, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = out / "state.json"
+        if state.exists() and json.loads(state.read_text())["epoch"] >= epoch:
+            return
+        assert proc.poll() is None, "training exited early"
+        time.sleep(0.2)
+    raise AssertionError("training did not reach the epoch in time")
+
+
+def test_killed_run_resumes_from_last_completed_epoch(demo_medium, tmp_path):
+    out = tmp_path / "run"
+    cmd = _train_cmd(demo_medium, out, 6)
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_epoch(out, 2, proc)
+    time.sleep(0.5)  # mid-epoch 3 or so
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads((out / "state.json").read_text())["epoch"]
+    assert done >= 2
+    keras.models.load_model(out / "last.keras")  # whole, not half-written
+    again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"Resuming {out} after epoch {done} of 6" in again.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss"]) <= 6 and json.loads((out / "status.json").read_text())["state"] == "complete"
+
+
+def test_ctrl_c_marks_the_run_interrupted(demo_medium, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_train_cmd(demo_medium, out, 30), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    _wait_for_epoch(out, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout
+    assert "Traceback" not in stdout
+    assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
+
+
+def test_distributed_training_on_two_logical_cpus(demo_small, tmp_path):
+    out = tmp_path / "run"
+    env = {**ENV, "CROPCLF_CPU_DEVICES": "2"}
+    cmd = script("train.py", "--annotations", demo_small, "--out", out, "--epochs", 1, "--image-size", "32",
+                 "--set", "model.width=8", "--distribute", "mirrored", "--no-evaluate")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Number of replicas: 2" in done.stdout + done.stderr or "num_replicas_in_sync=2" in done.stdout
+    assert (out / "saved_model" / "saved_model.pb").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--annotations", "/no/such/file.csv"], "no/such/file.csv"),
+    (["--heads", "name,colour"], "no attribute 'colour'"),
+    (["--image-size", "big"], "--image-size takes N or HxW"),
+    (["--set", "train.epochz=3"], "Unknown config key 'train.epochz'"),
+])
+def test_bad_input_is_one_line_and_nonzero(demo_small, tmp_path, args, message):
+    args = ["--annotations", demo_small, *args] if "--annotations" not in args else args
+    done = subprocess.run(script("train.py", *args, "--out", tmp_path / "r"), env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error:")  # after TensorFlow's own start-up noise
