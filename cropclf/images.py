@@ -41,17 +41,22 @@ def probe_image(path) -> tuple[int, int]:
     return (width, height) if orientation in _ROTATED else (height, width)
 
 
-def load_image(path) -> np.ndarray:
+def load_image(path, probed: bool = False) -> np.ndarray:
     """Decodes an image to HxWx3 uint8 RGB, EXIF orientation applied.
 
     Grayscale becomes 3 equal channels, alpha is dropped, 16-bit is scaled to 8-bit, CMYK is
     converted. A truncated JPEG is an error rather than a half-grey picture.
 
+    Args:
+        path: the image file.
+        probed: `probe_image` already accepted this file (skips a second header read).
+
     Raises:
         ImageError: naming the path and what is wrong with it.
     """
     path = Path(path)
-    probe_image(path)  # cheap header check first: refuses bombs before any pixel is allocated
+    if not probed:
+        probe_image(path)  # cheap header check first: refuses bombs before any pixel is allocated
     data = np.fromfile(path, dtype=np.uint8)
     if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-65536:].tobytes():
         raise ImageError(f"{path}: the JPEG is truncated (no end-of-image marker); "

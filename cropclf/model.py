@@ -68,7 +68,7 @@ def _small_trunk(inputs, width: int, seed: int):
     def conv(x, filters, stride=1, name=""):
         x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=name,
                                 kernel_initializer=keras.initializers.HeNormal(seed=next(init)))(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # few steps per run: track fast
         return keras.layers.ReLU(name=f"{name}_relu")(x)
 
     x = keras.layers.Rescaling(1 / 255.0, name="scale_pixels")(inputs)
