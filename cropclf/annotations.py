@@ -27,6 +27,7 @@ SHAPE_KEYS = {"rect": ("x", "y", "width", "height"), "circle": ("cx", "cy", "r")
               "ellipse": ("cx", "cy", "rx", "ry"), "polygon": ("all_points_x", "all_points_y"),
               "polyline": ("all_points_x", "all_points_y"), "point": ("cx", "cy")}
 _OPTION_TYPES = {"radio", "dropdown", "image", "checkbox"}  # attribute types that store option ids
+MAX_COORDINATE = 1_000_000  # px: far beyond any image side this tool decodes; larger is a typo or junk
 # A JSON string (skipped as a whole), a bare `undefined` outside strings, or a trailing comma.
 _REPAIR = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|\bundefined\b|,(?=\s*[}\]])', re.S)
 _VIA3_CSV = re.compile(r"^#\s*(SHAPE_ID|CSV_HEADER|FLAG_ID)\b|^metadata_id,file_list", re.M)
@@ -92,7 +93,10 @@ def resolve_image_path(filename: str, root: str | os.PathLike, allow_outside: bo
     root = Path(os.path.abspath(root))
     name = filename.strip()
     if re.match(r"https?://", name, re.I):
-        name = PurePosixPath(unquote(urlparse(name).path)).name
+        try:
+            name = PurePosixPath(unquote(urlparse(name).path)).name
+        except ValueError:  # e.g. an unclosed IPv6 host "http://[::1"
+            name = PurePosixPath(name).name
     elif name.lower().startswith("file:"):
         name = unquote(re.sub(r"^file:(//(localhost)?)?", "", name, flags=re.I))
         name = re.sub(r"^/(?=[A-Za-z]:)", "", name)  # file:///C:/x -> C:/x
@@ -102,9 +106,9 @@ def resolve_image_path(filename: str, root: str | os.PathLike, allow_outside: bo
     candidate = Path(os.path.normpath(root / name))
     inside = candidate == root or root in candidate.parents
     fallback = root / PurePosixPath(name).name
-    if candidate.is_file() and (inside or allow_outside):
+    if _is_file(candidate) and (inside or allow_outside):
         return candidate
-    if fallback.is_file():
+    if _is_file(fallback):
         return fallback
     if inside or allow_outside:
         return candidate
@@ -290,8 +294,8 @@ def _resolve(filename: str, roots: list[Path], allow_outside: bool, parsed: _Par
     try:
         path = resolve_image_path(filename, roots[0], allow_outside)
         for root in roots[1:]:
-            alt = None if path.exists() else resolve_image_path(filename, root, allow_outside)
-            path = alt if alt is not None and alt.exists() else path
+            alt = None if _is_file(path) else resolve_image_path(filename, root, allow_outside)
+            path = alt if alt is not None and _is_file(alt) else path
     except AnnotationError as e:
         raise AnnotationError(f"{where(parsed.source, loc)}: {e}") from None
     return str(path)
@@ -311,17 +315,26 @@ def _shape_box(shape: dict, parsed: _Parsed, loc) -> tuple[str, float, float, fl
                            "the file from VIA or fix the shape by hand.", _dump(shape))
 
     def num(key, value):
-        number = None
+        number, enormous = None, f"enormous (beyond +/-{MAX_COORDINATE:,} px, larger than any image)"
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
                 number = float(value)
-            except (ValueError, OverflowError):
+            except ValueError:
                 pass
-        if number is None or not math.isfinite(number):
-            kind = "not a number" if number is None else "not finite (NaN or infinity)"
-            raise parsed.error(loc, f"coordinate {key!r} of the {name} shape is {kind}; fix it "
-                               "in VIA or by hand.", f"{key}={value!r} in {_dump(shape)}")
-        return number
+            except OverflowError:  # an integer with hundreds of digits
+                number = math.inf
+        if number is None:
+            kind = "not a number"
+        elif key != "theta" and isinstance(value, int) and abs(value) > MAX_COORDINATE:
+            kind = enormous
+        elif not math.isfinite(number):
+            kind = "not finite (NaN or infinity)"
+        elif key != "theta" and abs(number) > MAX_COORDINATE:  # theta is an angle, in radians
+            kind = enormous
+        else:
+            return number
+        raise parsed.error(loc, f"coordinate {key!r} of the {name} shape is {kind}; fix it "
+                           "in VIA or by hand.", f"{key}={value!r} in {_dump(shape)}")
 
     if name == "rect":
         x, y, w, h = (num(k, shape[k]) for k in SHAPE_KEYS[name])
@@ -362,22 +375,48 @@ def _parse_cell(cells: dict, column: str, parsed: _Parsed, loc) -> dict:
 def _loads(text: str, parsed: _Parsed, loc, what: str):
     """``json.loads`` that tolerates VIA's bare ``undefined`` (counted) and trailing commas."""
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as first:
+        return _text_only(json.loads(text), parsed, loc, what)
+    except (ValueError, RecursionError) as first:  # ValueError: also ints over 4,300 digits
+        if isinstance(first, AnnotationError):
+            raise
         fixed, count = _repair(text)
         try:
-            value = json.loads(fixed)
-        except (json.JSONDecodeError, RecursionError):
+            value = _text_only(json.loads(fixed), parsed, loc, what)
+        except AnnotationError:
+            raise
+        except (ValueError, RecursionError):
             hint = " It looks like Python: JSON needs double quotes." if "'" in text and (
                 '"' not in text) else ""
             decode_error = isinstance(first, json.JSONDecodeError)
             pos = first.pos if decode_error else 0
-            at = f" at line {first.lineno} column {first.colno}" if decode_error else ""
+            at = (f" at line {first.lineno} column {first.colno}" if decode_error else
+                  " (nested too deeply)" if isinstance(first, RecursionError) else
+                  " (a number has more than 4,300 digits)" if "digits" in str(first) else "")
             shown = text if len(text) <= 80 else text[max(pos - 40, 0):pos + 40]
             raise parsed.error(loc, f"{what} is not valid JSON{at}.{hint} Re-export it from VIA "
                                "or fix it by hand.", shown) from None
         parsed.undefined += count
         return value
+
+
+def _text_only(value, parsed: _Parsed, loc, what: str):
+    """Refuses strings no UTF-8 file can hold: unpaired surrogates written as ``\\ud800`` escapes."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise parsed.error(loc, f"{what} holds an unpaired UTF-16 surrogate escape "
+                                   "(\\ud800-\\udfff), which is not text; fix that string.",
+                                   ascii(item)) from None
+    return value
 
 
 def _repair(text: str) -> tuple[str, int]:
@@ -406,11 +445,22 @@ def _encode(value, options: dict | None = None) -> str:
 
 
 def _int(value, parsed: _Parsed, loc, column: str) -> int:
-    """Parses an integer CSV cell such as ``region_id``."""
+    """Parses an integer CSV cell such as ``region_id`` (VIA writes small counts)."""
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise parsed.error(loc, f"{column} must be an integer.", value) from None
+    if abs(number) >= 2**31:
+        raise parsed.error(loc, f"{column} is far too large for a region count or index.", value)
+    return number
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that answers False for names the OS refuses (too long, say)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _trim(fields: list[str], width: int) -> list[str]:

@@ -16,8 +16,8 @@ def run(main) -> None:
     try:
         code = main()
     except CropclfError as e:
-        for line in str(e).split(" | "):
-            print(f"error: {line}", file=sys.stderr)
+        for line in str(e).split(" | "):  # one line per problem, even when the text held newlines
+            print("error: " + line.replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
         sys.exit(2)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
         print(f"error: {e.strerror or e}: {e.filename}", file=sys.stderr)

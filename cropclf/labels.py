@@ -84,8 +84,18 @@ def label_maps_to_json(maps: dict[str, LabelMap]) -> str:
 
 
 def load_label_maps(path) -> dict[str, LabelMap]:
-    d = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {h: LabelMap.from_dict(m) for h, m in d.items()}
+    """Reads ``labels.json`` as training wrote it; a damaged file is a `LabelError` naming it."""
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {h: LabelMap.from_dict(m) for h, m in d.items()}
+    except FileNotFoundError:
+        raise LabelError(f"{path}: the run's label file is missing; train the run again. "
+                         f"Received: {path}") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        if isinstance(e, LabelError):
+            raise
+        raise LabelError(f"{path}: the run's label file is damaged ({type(e).__name__}: {e}); "
+                         f"train the run again. Received: {str(e)[:80]}") from None
 
 
 def encode_heads(frame: pd.DataFrame, maps: dict[str, LabelMap], unknown: str = "raise") -> dict[str, np.ndarray]:

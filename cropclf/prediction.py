@@ -36,6 +36,7 @@ from cropclf.progress import Progress
 
 COLUMNS = ("filename", "region_id", "row", "x", "y", "width", "height")
 MIN_SIZE = 2.0  # CropConfig.min_size: training and evaluation leave out thinner boxes too
+MAX_BOX_SCALE = 2.0  # as inspection: a box over twice its image's width or height is mostly outside
 PROGRESS_FROM = 10  # images; fewer finish before a progress line would help
 _OPTION_TYPES = ("radio", "dropdown", "image", "checkbox")  # VIA stores option ids for these
 _BOX_HELP = "--box takes x,y,width,height in image pixels (4 numbers, width and height >= 0)"
@@ -202,6 +203,9 @@ def why_not(region, image_hw, min_size: float = MIN_SIZE) -> str | None:
     height, width = image_hw
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         return f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies wholly outside the {width}x{height} image"
+    if w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:  # and cutting it would take gigabytes
+        return (f"box ({x:g}, {y:g}, {w:g}, {h:g}) is over {MAX_BOX_SCALE:g} times as wide or tall "
+                f"as the {width}x{height} image, so mostly outside it")
     return None
 
 
