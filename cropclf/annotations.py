@@ -27,7 +27,7 @@ SHAPE_KEYS = {"rect": ("x", "y", "width", "height"), "circle": ("cx", "cy", "r")
               "ellipse": ("cx", "cy", "rx", "ry"), "polygon": ("all_points_x", "all_points_y"),
               "polyline": ("all_points_x", "all_points_y"), "point": ("cx", "cy")}
 _OPTION_TYPES = {"radio", "dropdown", "image", "checkbox"}  # attribute types that store option ids
-MAX_COORDINATE = 1_000_000  # px: far beyond any image side this tool decodes; larger is a typo or junk
+MAX_COORDINATE = 1_000_000  # px: beyond any image side this tool decodes; larger is a typo or junk
 # A JSON string (skipped as a whole), a bare `undefined` outside strings, or a trailing comma.
 _REPAIR = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|\bundefined\b|,(?=\s*[}\]])', re.S)
 _VIA3_CSV = re.compile(r"^#\s*(SHAPE_ID|CSV_HEADER|FLAG_ID)\b|^metadata_id,file_list", re.M)
@@ -315,7 +315,8 @@ def _shape_box(shape: dict, parsed: _Parsed, loc) -> tuple[str, float, float, fl
                            "the file from VIA or fix the shape by hand.", _dump(shape))
 
     def num(key, value):
-        number, enormous = None, f"enormous (beyond +/-{MAX_COORDINATE:,} px, larger than any image)"
+        number = None
+        enormous = f"enormous (beyond +/-{MAX_COORDINATE:,} px, larger than any image)"
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
                 number = float(value)
@@ -400,7 +401,7 @@ def _loads(text: str, parsed: _Parsed, loc, what: str):
 
 
 def _text_only(value, parsed: _Parsed, loc, what: str):
-    """Refuses strings no UTF-8 file can hold: unpaired surrogates written as ``\\ud800`` escapes."""
+    """Refuses strings no UTF-8 file can hold: unpaired surrogates, escaped as ``\\ud800``."""
     stack = [value]
     while stack:
         item = stack.pop()

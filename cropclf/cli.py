@@ -28,6 +28,13 @@ def run(main) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception:  # a bug, not bad input: keep the traceback for the report, and do not hang
+        import traceback
+
+        traceback.print_exc()
+        print("error: internal error (traceback above); please report it", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # TensorFlow and data-loader threads can keep a normal exit waiting forever
     sys.exit(code or 0)
 
 

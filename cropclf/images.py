@@ -79,7 +79,7 @@ def _orientation(im: Image.Image) -> int:
     """The EXIF orientation tag, read without decoding pixels (1 when absent)."""
     if im.format == "PNG" and "exif" not in im.info:
         return 1  # Pillow would decode the whole PNG looking for a late eXIf chunk
-    if im.format not in ("JPEG", "TIFF", "PNG", "WEBP"):
+    if im.format not in ("JPEG", "MPO", "TIFF", "PNG", "WEBP"):  # MPO: many phones' JPEGs
         return 1
     return im.getexif().get(0x0112, 1)
 
@@ -100,8 +100,8 @@ def _check_file(path: Path) -> None:
     try:
         found = path.is_file()
     except OSError as e:  # a name the OS refuses, e.g. too long
-        raise ImageError(f"{path}: cannot look up this image file ({e.strerror}); fix the file name "
-                         f"in the annotations. Received: {str(path)[:120]}") from None
+        raise ImageError(f"{path}: cannot look up this image file ({e.strerror}); fix the file "
+                         f"name in the annotations. Received: {str(path)[:120]}") from None
     if not found:
         hint = "check --images (the folder filenames resolve against)"
         raise ImageError(f"{path}: image file not found; {hint}. Received: {path}")

@@ -203,7 +203,7 @@ def why_not(region, image_hw, min_size: float = MIN_SIZE) -> str | None:
     height, width = image_hw
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         return f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies wholly outside the {width}x{height} image"
-    if w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:  # and cutting it would take gigabytes
+    if w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:  # cutting it could take gigabytes
         return (f"box ({x:g}, {y:g}, {w:g}, {h:g}) is over {MAX_BOX_SCALE:g} times as wide or tall "
                 f"as the {width}x{height} image, so mostly outside it")
     return None

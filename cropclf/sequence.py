@@ -45,14 +45,18 @@ class CropSequence(keras.utils.PyDataset):
         seed: base of every random draw.
         store: a `PatchStore` shared with other splits; built from ``frame`` when omitted.
         class_weights: head -> per-class weights; batches then carry per-head sample weights.
+        replicas: pad each batch to a multiple of this many replicas (a `tf.distribute` strategy
+            splits batches evenly); the padding repeats regions with sample weight 0, so they add
+            nothing to the loss (at most ``replicas - 1`` of them enter the unweighted accuracy of
+            an epoch), and every batch then carries sample weights.
         progress: show a bar while decoding images into the store.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` for `keras.utils.PyDataset`.
     """
 
     def __init__(self, frame: pd.DataFrame, label_maps: dict[str, LabelMap], batch_size: int = 32,
                  crop: CropConfig | None = None, augment=False, shuffle: bool | None = None, seed: int = 0,
-                 store: PatchStore | None = None, class_weights: dict | None = None, progress: bool = True,
-                 **kwargs):
+                 store: PatchStore | None = None, class_weights: dict | None = None, replicas: int = 1,
+                 progress: bool = True, **kwargs):
         super().__init__(**kwargs)
         if batch_size < 1:
             raise CropclfError(f"`batch_size` must be >= 1. Received: {batch_size}")
@@ -92,9 +96,11 @@ class CropSequence(keras.utils.PyDataset):
         self.labels = {h: labels[h][use] for h in self.heads}
         self.paths = frame["path"].to_numpy()[use]
         self.rows = frame["row"].to_numpy()[use] if "row" in frame else np.array([""] * use.sum())
-        self.weights = None
+        self.weights, self.replicas = None, max(int(replicas), 1)
         if class_weights:
             self.weights = {h: np.asarray(class_weights[h], np.float32)[self.labels[h]] for h in self.heads}
+        elif self.replicas > 1:
+            self.weights = {h: np.ones(len(self.slots), np.float32) for h in self.heads}
         self._eye = {h: np.eye(len(m), dtype=np.float32) for h, m in label_maps.items()}
         self.epoch = 0
 
@@ -129,9 +135,16 @@ class CropSequence(keras.utils.PyDataset):
             raise CropclfError(f"Building batch {i} (epoch {epoch}) failed: {e!r}; regions: "
                                + "; ".join(f"{self.paths[p]} ({self.rows[p]})" for p in positions[:8])) from e
         y = {h: self._eye[h][self.labels[h][positions]] for h in self.heads}
-        if self.weights is not None:
-            return X, y, {h: self.weights[h][positions] for h in self.heads}
-        return X, y
+        if self.weights is None:
+            return X, y
+        w = {h: self.weights[h][positions] for h in self.heads}
+        short = -len(positions) % self.replicas
+        if short:  # repeat regions to fill the replicas, with weight 0 in the loss
+            take = np.resize(np.arange(len(positions)), short)
+            X = np.concatenate([X, X[take]])
+            y = {h: np.concatenate([v, v[take]]) for h, v in y.items()}
+            w = {h: np.concatenate([v, np.zeros(short, np.float32)]) for h, v in w.items()}
+        return X, y, w
 
     # --- crops ---------------------------------------------------------------------------------
 

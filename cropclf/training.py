@@ -56,7 +56,8 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     _write_data_artefacts(cfg, data, run_dir, log)
 
     weights = _class_weights(data, cfg) if cfg.train.class_weight == "balanced" else None
-    kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing)
+    kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing,
+              replicas=strategy.num_replicas_in_sync)
     train_seq = CropSequence(data.split("train"), data.label_maps, cfg.train.batch_size, cfg.crop, cfg.augment,
                              seed=cfg.train.seed, store=data.store, class_weights=weights, **kw)
     val_frame = data.split("val")
@@ -64,6 +65,8 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
                            store=data.store, **kw) if len(val_frame) else None
     if val_seq is not None and len(val_seq) == 0:
         val_seq = None
+    if strategy.num_replicas_in_sync > 1:
+        log(f"Distributed training: {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}).")
     log(f"Training on {len(train_seq.slots)} regions, validating on "
         f"{len(val_seq.slots) if val_seq else 0}; {data.store.describe()}.")
 

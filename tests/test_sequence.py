@@ -137,13 +137,18 @@ def test_class_weights_become_sample_weights(tiny_images):
 
 
 class Exploding(PatchStore):
+    armed = False
+
     def patch(self, s):
-        raise RuntimeError("disk fell off")
+        if self.armed:
+            raise RuntimeError("disk fell off")
+        return super().patch(s)
 
 
 @pytest.mark.parametrize("workers, mp", [(1, False), (2, False), (2, True)])
 def test_batch_errors_name_the_region(tiny_images, workers, mp):
     store = Exploding(tiny_images, CROP.image_size, CROP.margin, CROP.margin, progress=False)
+    store.armed = True
     seq = make(tiny_images, batch_size=4, store=store, workers=workers, use_multiprocessing=mp)
     with pytest.raises(CropclfError, match=r"img \d\.png \(row \d+\).*disk fell off|disk fell off.*img \d\.png"):
         run_epochs(seq, 1)
@@ -187,3 +192,14 @@ def test_unlabelled_regions_are_reported(tiny_images):
     frame.loc[frame.index[0], "type"] = ""
     seq = make(frame, batch_size=4)
     assert any("unlabelled for head(s) ['type']" in p.reason for p in seq.skipped)
+
+
+def test_replica_padding_keeps_every_region_once_with_zero_weight(tiny_images):
+    seq = make(tiny_images, batch_size=4, replicas=3)
+    real = 0
+    for i in range(len(seq)):
+        X, y, w = seq[i]
+        assert len(X) % 3 == 0 and len(X) == len(w["name"]) == len(y["type"])
+        real += int(w["name"].sum())
+        assert set(np.unique(w["type"])) <= {0.0, 1.0}
+    assert real == len(seq.slots) == 10
