@@ -102,7 +102,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"`train.epochs` and `train.batch_size` must be >= 1. Received: {self.epochs}, {self.batch_size}")
+            raise ConfigError("`train.epochs` and `train.batch_size` must be >= 1. "
+                              f"Received: {self.epochs}, {self.batch_size}")
         if self.workers < 1:
             raise ConfigError(f"`train.workers` must be >= 1. Received: {self.workers}")
         choices = {"class_weight": ("balanced", "none"), "distribute": ("none", "mirrored", "multiworker"),

@@ -38,7 +38,7 @@ def build_model(cfg: ModelConfig, image_size, num_classes: dict[str, int], seed:
     inputs = keras.Input((*image_size, 3), name="image")
     features = _trunk(cfg, inputs, seed)
     outputs = {}
-    for k, (head, n) in enumerate(num_classes.items()):
+    for k, n in enumerate(num_classes.values()):
         x = keras.layers.Dropout(cfg.dropout, seed=seed + k, name=f"{names[k]}_dropout")(features)
         outputs[names[k]] = keras.layers.Dense(
             n, activation="softmax", dtype="float32", name=names[k],
