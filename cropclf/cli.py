@@ -26,8 +26,9 @@ def run(main) -> None:
         print(f"error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)  # a normal exit can abort while TensorFlow's threads are torn down
     except Exception:  # a bug, not bad input: keep the traceback for the report, and do not hang
         import traceback
 

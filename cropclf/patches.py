@@ -160,6 +160,9 @@ class PatchStore:
         height, width = size
         if x >= width or y >= height or x + w <= 0 or y + h <= 0:
             return f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies wholly outside the {width}x{height} image"
+        if w > 10 * width or h > 10 * height:
+            return (f"box {w:g}x{h:g} px is over 10 times as wide or tall as the {width}x{height} image; "
+                    "check the coordinates (another image's, or a unit mix-up?)")
         return None
 
     def _fill(self, image: np.ndarray, slots) -> None:
