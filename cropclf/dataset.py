@@ -30,6 +30,11 @@ def load_frame(cfg: Config, log=print) -> pd.DataFrame:
     """Reads the annotations named by the config and drops exact duplicate regions (counted)."""
     path = annotations_path(cfg, log)
     frame = read_annotations(path, image_root=cfg.data.images, allow_outside_root=cfg.data.allow_outside_root)
+    if len(frame) == 0:
+        from cropclf.errors import AnnotationError
+
+        raise AnnotationError(f"{path}: no regions to train on; annotate some in VIA and export again. "
+                              f"Received: {len(frame.attrs.get('images', []))} image(s), 0 regions")
     for head in cfg.data.heads:
         head_column(frame, head)  # a missing head is an error before anything else happens
     n_dup = int(frame["duplicate"].sum()) if "duplicate" in frame else 0
@@ -61,11 +66,6 @@ def prepare(cfg: Config, label_maps: dict[str, LabelMap] | None = None, assignme
             progress: bool = True) -> Prepared:
     """Reads, checks, splits and decodes the data once (every image read, every region checked)."""
     frame = load_frame(cfg, log)
-    if len(frame) == 0:
-        from cropclf.errors import AnnotationError
-
-        raise AnnotationError(f"{frame.attrs.get('source')}: no regions to train on. "
-                              f"Received: {len(frame.attrs.get('images', []))} image(s), 0 regions")
     maps = label_maps or build_label_maps(frame, cfg.data.heads)
     notes = []
     if assignment is None:

@@ -112,11 +112,14 @@ def crop_in_graph(image, box, out_hw, margin: float, mode: str, pad_value: int):
     x, y, w, h = box[0], box[1], box[2], box[3]
     bx, by, bw, bh = x - margin * w, y - margin * h, w * (1 + 2 * margin), h * (1 + 2 * margin)
     # float64 keeps floor/ceil identical to numpy's for coordinates like 12.999999
-    bx, by, bw, bh = (tf.cast(v, tf.float64) for v in (bx, by, bw, bh))
+    bx, by, bw, bh = (tf.clip_by_value(tf.cast(v, tf.float64), -1e8, 1e8) for v in (bx, by, bw, bh))
     x0, y0 = tf.cast(tf.floor(bx), tf.int32), tf.cast(tf.floor(by), tf.int32)
     x1 = tf.maximum(tf.cast(tf.math.ceil(bx + bw), tf.int32), x0 + 1)
     y1 = tf.maximum(tf.cast(tf.math.ceil(by + bh), tf.int32), y0 + 1)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
+    # a window reaching over an image's size beyond any side is padding only: bound its memory
+    x0, y0 = tf.clip_by_value(x0, -width, 2 * width - 1), tf.clip_by_value(y0, -height, 2 * height - 1)
+    x1, y1 = tf.clip_by_value(x1, x0 + 1, 2 * width), tf.clip_by_value(y1, y0 + 1, 2 * height)
     sx0, sy0 = tf.clip_by_value(x0, 0, width), tf.clip_by_value(y0, 0, height)
     sx1, sy1 = tf.maximum(tf.clip_by_value(x1, 0, width), sx0), tf.maximum(tf.clip_by_value(y1, 0, height), sy0)
     cut = image[sy0:sy1, sx0:sx1]

@@ -30,7 +30,7 @@ from cropclf.labels import head_column
 from cropclf.progress import Progress
 from cropclf.splits import SPLITS, split_by_image, split_counts
 
-MAX_BOX_SCALE = 2.0  # boxes wider or taller than this many times their image are mostly outside it
+MAX_BOX_SCALE = 10  # PatchStore leaves out boxes over this many times as wide or tall as the image
 MAX_CLASSES = 40  # sheet rows per head; beyond this only the most frequent classes are drawn
 CELL = 128  # longest side of a crop as drawn in the sheet, in pixels
 UNLABELLED = "(unlabelled)"  # how split_counts names regions without a label
@@ -217,8 +217,8 @@ def _check_regions(frame, rows, sizes, heads, min_size, findings) -> np.ndarray:
             elif w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:
                 left_out[k] = True  # its crop would be mostly padding, and huge to cut out
                 findings.append(Finding("oversized", name, at, f"{box} is over {MAX_BOX_SCALE:g} "
-                                        f"times as wide or tall as the {width}x{height} image, so "
-                                        "mostly outside it; fix the box", k))
+                                        f"times as wide or tall as the {width}x{height} image; "
+                                        "training leaves it out", k))
             elif x < 0 or y < 0 or x + w > width or y + h > height:
                 past = {"left": -x, "top": -y, "right": x + w - width, "bottom": y + h - height}
                 sides = ", ".join(f"{s} {v:.3g} px" for s, v in past.items() if v > 0)

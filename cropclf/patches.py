@@ -152,7 +152,7 @@ class PatchStore:
     def _why_not(self, box, size, min_size, path) -> str | None:
         x, y, w, h = box
         if not np.all(np.isfinite(box)):
-            return f"non-finite box {tuple(box)}"
+            return f"non-finite box {tuple(float(v) for v in box)}"
         if path in self.bad_images:
             return "image missing or unreadable"
         if w < min_size or h < min_size:
@@ -169,9 +169,24 @@ class PatchStore:
         height, width = image.shape[:2]
         for s in slots:
             x0, y0, x1, y1 = self.windows[s]
-            inside = x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height
-            cut = image[y0:y1, x0:x1] if inside else cut_window(image, (x0, y0, x1, y1), self.pad_value)
-            self.patch(s)[...] = resize(cut, self.shapes[s])
+            if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
+                self.patch(s)[...] = resize(image[y0:y1, x0:x1], self.shapes[s])
+            elif (x1 - x0) * (y1 - y0) <= 4 * height * width:  # pad, then resize: what serving does
+                self.patch(s)[...] = resize(cut_window(image, (x0, y0, x1, y1), self.pad_value), self.shapes[s])
+            else:  # a window many times the image: resize only the part inside, never allocate the rest
+                self._fill_sparse(image, s)
+
+    def _fill_sparse(self, image: np.ndarray, s: int) -> None:
+        x0, y0, x1, y1 = self.windows[s]
+        sx, sy = self.scales[s]
+        patch = self.patch(s)
+        patch[...] = self.pad_value
+        ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, image.shape[1]), min(y1, image.shape[0])
+        px0, py0 = round((ix0 - x0) * sx), round((iy0 - y0) * sy)
+        px1, py1 = min(max(round((ix1 - x0) * sx), px0 + 1), patch.shape[1]), min(max(round((iy1 - y0) * sy), py0 + 1),
+                                                                                   patch.shape[0])
+        if px1 > px0 and py1 > py0:
+            patch[py0:py1, px0:px1] = resize(image[iy0:iy1, ix0:ix1], (py1 - py0, px1 - px0))
 
     # --- reading ----------------------------------------------------------------------------
 

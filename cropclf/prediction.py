@@ -36,7 +36,7 @@ from cropclf.progress import Progress
 
 COLUMNS = ("filename", "region_id", "row", "x", "y", "width", "height")
 MIN_SIZE = 2.0  # CropConfig.min_size: training and evaluation leave out thinner boxes too
-MAX_BOX_SCALE = 2.0  # as inspection: a box over twice its image's width or height is mostly outside
+MAX_BOX_SCALE = 10  # as PatchStore: it leaves out boxes over 10 times as wide or tall as the image
 PROGRESS_FROM = 10  # images; fewer finish before a progress line would help
 _OPTION_TYPES = ("radio", "dropdown", "image", "checkbox")  # VIA stores option ids for these
 _BOX_HELP = "--box takes x,y,width,height in image pixels (4 numbers, width and height >= 0)"

@@ -155,7 +155,11 @@ class RunState(keras.callbacks.Callback):
 def _check_images(cfg: Config, data: Prepared, log) -> None:
     bad = data.store.bad_images
     if bad and not cfg.data.skip_bad_images:
-        lines = [f"{message}" for message in list(bad.values())[:20]]
+        rows: dict[str, list[str]] = {}
+        for p in data.problems:
+            rows.setdefault(p.path, []).append(p.row)
+        lines = [f"{message} (annotations {', '.join(rows.get(path, [])[:5]) or 'n/a'})"
+                 for path, message in list(bad.items())[:20]]
         more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
         raise ImageError(f"{len(bad)} image(s) cannot be read{more}: " + " | ".join(lines)
                          + " -- fix them, or pass --skip-bad-images to leave their regions out")
@@ -175,7 +179,8 @@ def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> No
         "images": len(data.frame.attrs.get("images", [])), "regions": int(len(data.frame)),
         "duplicates_dropped": int(data.frame.attrs.get("duplicates_dropped", 0)),
         "undefined_values": int(data.frame.attrs.get("undefined_values", 0)),
-        "bad_images": data.store.bad_images,
+        "bad_image_count": len(data.store.bad_images), "bad_images": data.store.bad_images,
+        "regions_left_out_count": len(data.problems),
         "regions_left_out": [{"path": p.path, "row": p.row, "reason": p.reason} for p in data.problems],
         "split_notes": data.notes,
     }
