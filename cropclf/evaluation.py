@@ -73,12 +73,36 @@ def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", ou
                              f"{h}: accuracy {report['heads'][h]['accuracy']:.3f}")
             worst.append(1 - p[np.arange(len(y_true)), y_true])
         report["both_right"] = float(correct_all.mean()) if len(maps) > 1 else None
+        if (run_dir / "saved_model" / "saved_model.pb").exists():
+            report["serving_agreement"] = serving_agreement(run_dir / "saved_model", frame, seq, probs, maps)
         _worst_sheet(seq, maps, probs, np.max(worst, axis=0), tmp / "worst.png")
         artifacts.write_json(tmp / "report.json", report)
         artifacts.write_text(tmp / "report.txt", format_report(report))
     log(format_report(report))
     log(f"Wrote {out_dir}/report.json, report.txt, confusion_*.png and worst.png")
     return report
+
+
+def serving_agreement(saved_model, frame, seq: CropSequence, probs, maps) -> dict:
+    """How often the SavedModel's in-graph crop (``classify_regions``) gives the Keras model's label."""
+    import tensorflow as tf
+
+    from cropclf.images import load_image
+
+    classify = tf.saved_model.load(str(saved_model)).signatures["classify_regions"]
+    position = {label: k for k, label in enumerate(seq.index)}
+    same = {h: np.zeros(len(seq.index), bool) for h in maps}
+    worst = dict.fromkeys(maps, 0.0)
+    used = frame.loc[seq.index]
+    for path, group in used.groupby("path", sort=False):
+        boxes = group[["x", "y", "width", "height"]].to_numpy(np.float32)
+        out = classify(image=tf.constant(load_image(path)), boxes=tf.constant(boxes))
+        pos = [position[label] for label in group.index]
+        for h in maps:
+            served, local = out[f"{output_name(h)}_probabilities"].numpy(), np.asarray(probs[output_name(h)])[pos]
+            same[h][pos] = served.argmax(1) == local.argmax(1)
+            worst[h] = max(worst[h], float(np.abs(served - local).max()))
+    return {h: {"same_label": float(same[h].mean()), "max_probability_difference": worst[h]} for h in maps}
 
 
 def head_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes) -> dict:
@@ -110,6 +134,9 @@ def format_report(report: dict) -> str:
             lines.append(f"  {c[:24]:<24}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9d}")
     if report.get("both_right") is not None:
         lines.append(f"\nall heads right together: {report['both_right']:.4f}")
+    for h, a in report.get("serving_agreement", {}).items():
+        lines.append(f"SavedModel classify_regions vs Keras model, head '{h}': same label on "
+                     f"{a['same_label']:.4f} of regions, largest probability difference {a['max_probability_difference']:.4f}")
     return "\n".join(lines)
 
 
