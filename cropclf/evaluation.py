@@ -75,7 +75,7 @@ def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", ou
         report["both_right"] = float(correct_all.mean()) if len(maps) > 1 else None
         if (run_dir / "saved_model" / "saved_model.pb").exists():
             report["serving_agreement"] = serving_agreement(run_dir / "saved_model", frame, seq, probs, maps)
-        _worst_sheet(seq, maps, probs, np.max(worst, axis=0), tmp / "worst.png")
+        _worst_sheet(seq, maps, probs, np.max(worst, axis=0), ~correct_all, tmp / "worst.png")
         artifacts.write_json(tmp / "report.json", report)
         artifacts.write_text(tmp / "report.txt", format_report(report))
     log(format_report(report))
@@ -140,9 +140,10 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _worst_sheet(seq: CropSequence, maps, probs, badness: np.ndarray, path, count: int = 32) -> None:
+def _worst_sheet(seq: CropSequence, maps, probs, badness: np.ndarray, wrong: np.ndarray, path,
+                 count: int = 32) -> None:
     order = np.argsort(-badness)
-    order = order[badness[order] > 0.5][:count]  # misclassified: true class below 0.5
+    order = order[wrong[order]][:count]  # misclassified on some head, least probable true label first
     crops = seq.crops(order) if len(order) else []
     captions = []
     for k in order:
@@ -153,7 +154,7 @@ def _worst_sheet(seq: CropSequence, maps, probs, badness: np.ndarray, path, coun
             lines.append(f"{h}: {m.classes[t]}" + ("" if t == q else f" -> {m.classes[q]}!"))
         captions.append(lines)
     contact_sheet([c.astype(np.uint8) for c in crops], captions, path,
-                  title=f"{len(order)} worst misclassified crops (true -> predicted)")
+                  title=f"{len(order)} of {int(wrong.sum())} misclassified crops, worst first (true -> predicted!)")
 
 
 def _column(frame, head):
