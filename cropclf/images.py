@@ -44,17 +44,22 @@ def probe_image(path) -> tuple[int, int]:
     return (width, height) if orientation in _ROTATED else (height, width)
 
 
-def load_image(path) -> np.ndarray:
+def load_image(path, probed: bool = False) -> np.ndarray:
     """Decodes an image to HxWx3 uint8 RGB, EXIF orientation applied.
 
     Grayscale becomes 3 equal channels, alpha is dropped, 16-bit is scaled to 8-bit, CMYK is
     converted. A truncated JPEG is an error rather than a half-grey picture.
 
+    Args:
+        path: the image file.
+        probed: `probe_image` has already accepted this file (saves reading its header twice).
+
     Raises:
         ImageError: naming the path and what is wrong with it.
     """
     path = Path(path)
-    probe_image(path)  # cheap header check first: refuses bombs and truncated JPEGs before decoding
+    if not probed:
+        probe_image(path)  # cheap header check first: refuses bombs and truncated JPEGs before decoding
     try:
         data = np.fromfile(path, dtype=np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)

@@ -128,7 +128,7 @@ class PatchStore:
             def work(item):
                 path, slots = item
                 try:
-                    self._fill(load_image(path), slots)
+                    self._fill(load_image(path, probed=True), slots)  # step 1 probed it
                     return None
                 except ImageError as e:
                     return path, slots, str(e)

@@ -159,7 +159,7 @@ def test_store_decodes_each_image_once(tiny_images, monkeypatch):
 
     calls = []
     real = patches.load_image
-    monkeypatch.setattr(patches, "load_image", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(patches, "load_image", lambda p, **kw: calls.append(p) or real(p, **kw))
     store = PatchStore(tiny_images, CROP.image_size, CROP.margin, 0.5, progress=False)
     assert sorted(calls) == sorted(set(tiny_images["path"]))
     seq = make(tiny_images, batch_size=4, store=store, augment=True)
