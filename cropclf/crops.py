@@ -27,6 +27,15 @@ def integer_window(box) -> tuple[int, int, int, int]:
     return x0, y0, x1, y1
 
 
+def integer_windows(boxes) -> np.ndarray:
+    """`integer_window` for an ``[N, 4]`` array of boxes: ``[N, 4]`` int64 ``(x0, y0, x1, y1)``."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x0, y0 = np.floor(boxes[:, 0]), np.floor(boxes[:, 1])
+    x1 = np.maximum(np.ceil(boxes[:, 0] + boxes[:, 2]), x0 + 1)
+    y1 = np.maximum(np.ceil(boxes[:, 1] + boxes[:, 3]), y0 + 1)
+    return np.column_stack([x0, y0, x1, y1]).astype(np.int64)
+
+
 def cut_window(image: np.ndarray, window, pad_value: int = 0) -> np.ndarray:
     """Cuts ``image[y0:y1, x0:x1]``, padding with ``pad_value`` wherever the window leaves the image."""
     x0, y0, x1, y1 = window

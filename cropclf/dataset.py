@@ -12,7 +12,7 @@ from cropclf.annotations import read_annotations
 from cropclf.config import Config
 from cropclf.crops import room_fraction
 from cropclf.labels import LabelMap, build_label_maps, head_column
-from cropclf.patches import PatchStore
+from cropclf.patches import PatchStore, default_threads
 from cropclf.splits import split_by_image
 
 
@@ -73,7 +73,7 @@ def prepare(cfg: Config, label_maps: dict[str, LabelMap] | None = None, assignme
     aug = cfg.augment
     room = room_fraction(cfg.crop.margin, aug.shift, aug.scale) if aug.enabled else cfg.crop.margin
     store = PatchStore(frame, cfg.crop.image_size, cfg.crop.margin, room, cfg.crop.resize, cfg.crop.min_size,
-                       cfg.crop.pad_value, memory_mb=aug.cache_memory_mb, threads=cfg.train.workers,
+                       cfg.crop.pad_value, memory_mb=aug.cache_memory_mb, threads=default_threads(),
                        progress=progress)
     return Prepared(frame, maps, assignment, notes, store, list(store.problems))
 

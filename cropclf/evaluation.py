@@ -14,7 +14,7 @@ from cropclf.config import Config
 from cropclf.dataset import load_frame
 from cropclf.labels import encode_heads, load_label_maps
 from cropclf.model import output_name
-from cropclf.patches import PatchStore
+from cropclf.patches import PatchStore, default_threads
 from cropclf.plots import confusion_matrix, contact_sheet
 from cropclf.sequence import CropSequence
 
@@ -49,7 +49,7 @@ def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", ou
 
     store = PatchStore(frame[known], cfg.crop.image_size, cfg.crop.margin, cfg.crop.margin, cfg.crop.resize,
                        cfg.crop.min_size, cfg.crop.pad_value, memory_mb=cfg.augment.cache_memory_mb,
-                       threads=cfg.train.workers)
+                       threads=default_threads())
     seq = CropSequence(frame[known], maps, cfg.train.batch_size, cfg.crop, False, store=store)
     if len(seq.slots) == 0:
         from cropclf.errors import CropclfError
@@ -136,7 +136,8 @@ def format_report(report: dict) -> str:
         lines.append(f"\nall heads right together: {report['both_right']:.4f}")
     for h, a in report.get("serving_agreement", {}).items():
         lines.append(f"SavedModel classify_regions vs Keras model, head '{h}': same label on "
-                     f"{a['same_label']:.4f} of regions, largest probability difference {a['max_probability_difference']:.4f}")
+                     f"{a['same_label']:.4f} of regions, largest probability difference "
+                     f"{a['max_probability_difference']:.4f}")
     return "\n".join(lines)
 
 
@@ -154,7 +155,8 @@ def _worst_sheet(seq: CropSequence, maps, probs, badness: np.ndarray, wrong: np.
             lines.append(f"{h}: {m.classes[t]}" + ("" if t == q else f" -> {m.classes[q]}!"))
         captions.append(lines)
     contact_sheet([c.astype(np.uint8) for c in crops], captions, path,
-                  title=f"{len(order)} of {int(wrong.sum())} misclassified crops, worst first (true -> predicted!)")
+                  title=f"{len(order)} of {int(wrong.sum())} misclassified crops, worst first "
+                        "(true -> predicted!)")
 
 
 def _column(frame, head):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cropclf.crops import cut_window, expand_box, integer_window, resize
+from cropclf.crops import cut_window, expand_box, integer_windows, resize
 from cropclf.errors import ImageError
 from cropclf.images import load_image, probe_image
 from cropclf.progress import Progress
@@ -85,27 +85,26 @@ class PatchStore:
                 keep.append(k)
 
         # 2. Patch layout: one flat uint8 buffer, offsets per slot.
+        # windows: integer room windows in image pixels (x0, y0, x1, y1); margin_boxes: whole-pixel margin
+        # windows (x, y, w, h), as canonical_crop cuts them; shapes: patch (h, w); scales: patch pixels
+        # per image pixel (sx, sy)
         n = len(keep)
-        self.windows = np.zeros((n, 4), np.int64)  # integer room window in image pixels (x0, y0, x1, y1)
-        self.scales = np.ones((n, 2), np.float64)  # patch pixels per image pixel (sx, sy)
-        self.shapes = np.zeros((n, 2), np.int64)  # patch (h, w)
-        self.margin_boxes = np.zeros((n, 4))  # whole-pixel margin windows (x, y, w, h), as canonical_crop cuts
         oh, ow = self.out_hw
-        for s, k in enumerate(keep):
-            mx0, my0, mx1, my1 = integer_window(expand_box(boxes[k], margin))
-            self.margin_boxes[s] = (mx0, my0, mx1 - mx0, my1 - my0)
-            x0, y0, x1, y1 = integer_window(expand_box(boxes[k], self.room))
-            mw, mh = self.margin_boxes[s, 2], self.margin_boxes[s, 3]
-            if mode == "letterbox":
-                sx = sy = min(1.0, ow / mw, oh / mh)
-            elif mw >= ow and mh >= oh:  # shrink on both axes: area-average now, as `crops.resize` would
-                sx, sy = ow / mw, oh / mh
-            else:  # enlarged on some axis: keep full resolution; the crop's warp is bilinear, as resize is
-                sx = sy = 1.0
-            self.windows[s] = (x0, y0, x1, y1)
-            self.shapes[s] = (max(1, round((y1 - y0) * sy)), max(1, round((x1 - x0) * sx)))
-            self.scales[s] = (self.shapes[s, 1] / (x1 - x0), self.shapes[s, 0] / (y1 - y0))
-            self.slot[frame.index[k]] = s
+        kept = boxes[keep].reshape(-1, 4)
+        margin_windows = integer_windows(expand_box(kept, margin))
+        self.windows = integer_windows(expand_box(kept, self.room))
+        self.margin_boxes = np.column_stack([margin_windows[:, :2], margin_windows[:, 2:] - margin_windows[:, :2]])
+        mw, mh = self.margin_boxes[:, 2], self.margin_boxes[:, 3]
+        if mode == "letterbox":
+            sx = sy = np.minimum(1.0, np.minimum(ow / mw, oh / mh))
+        else:  # shrink on both axes: area-average now, as `crops.resize` would; else keep full resolution
+            both = (mw >= ow) & (mh >= oh)  # (the crop's warp then enlarges bilinearly, as resize does)
+            sx, sy = np.where(both, ow / mw, 1.0), np.where(both, oh / mh, 1.0)
+        ww, wh = self.windows[:, 2] - self.windows[:, 0], self.windows[:, 3] - self.windows[:, 1]
+        self.shapes = np.column_stack([np.maximum(1, np.rint(wh * sy)),
+                                       np.maximum(1, np.rint(ww * sx))]).astype(np.int64)
+        self.scales = np.column_stack([self.shapes[:, 1] / ww, self.shapes[:, 0] / wh])
+        self.slot = {frame.index[k]: s for s, k in enumerate(keep)}
         sizes_bytes = self.shapes[:, 0] * self.shapes[:, 1] * 3
         self.offsets = np.concatenate([[0], np.cumsum(sizes_bytes)]).astype(np.int64)
         self.nbytes = int(self.offsets[-1])
@@ -223,6 +222,11 @@ class PatchStore:
         where = f"memory-mapped file ({self._tmp.name})" if self.on_disk else "memory"
         return (f"{len(self)} region patches, {self.nbytes / 2**20:.1f} MiB in {where}; "
                 f"{len(self.problems)} region(s) left out, {len(self.bad_images)} bad image(s)")
+
+
+def default_threads() -> int:
+    """Threads for the decoding pass: one per CPU core (at most 8); OpenCV releases the GIL."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def estimate_bytes(n_regions: int, out_hw, margin: float, room: float) -> int:

@@ -27,7 +27,7 @@ from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
 from cropclf.crops import fit_size, jitter_window, letterbox, output_to_source, room_fraction  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
 from cropclf.labels import LabelMap, encode_heads  # noqa: E402
-from cropclf.patches import PatchStore, Problem  # noqa: E402
+from cropclf.patches import PatchStore, Problem, default_threads  # noqa: E402
 
 
 class CropSequence(keras.utils.PyDataset):
@@ -49,6 +49,8 @@ class CropSequence(keras.utils.PyDataset):
             splits batches evenly); the padding repeats regions with sample weight 0, so they add
             nothing to the loss (at most ``replicas - 1`` of them enter the unweighted accuracy of
             an epoch), and every batch then carries sample weights.
+        decode_threads: threads for the one decoding pass that fills a store built here
+            (default: one per CPU core, whatever ``workers`` is).
         progress: show a bar while decoding images into the store.
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` for `keras.utils.PyDataset`.
     """
@@ -56,7 +58,7 @@ class CropSequence(keras.utils.PyDataset):
     def __init__(self, frame: pd.DataFrame, label_maps: dict[str, LabelMap], batch_size: int = 32,
                  crop: CropConfig | None = None, augment=False, shuffle: bool | None = None, seed: int = 0,
                  store: PatchStore | None = None, class_weights: dict | None = None, replicas: int = 1,
-                 progress: bool = True, **kwargs):
+                 decode_threads: int | None = None, progress: bool = True, **kwargs):
         super().__init__(**kwargs)
         if batch_size < 1:
             raise CropclfError(f"`batch_size` must be >= 1. Received: {batch_size}")
@@ -78,7 +80,8 @@ class CropSequence(keras.utils.PyDataset):
             j = self.jitter or AugmentConfig(shift=0, scale=0)
             store = PatchStore(frame, self.crop.image_size, self.crop.margin,
                                room_fraction(self.crop.margin, j.shift, j.scale), self.crop.resize,
-                               self.crop.min_size, self.crop.pad_value, progress=progress)
+                               self.crop.min_size, self.crop.pad_value, threads=decode_threads or default_threads(),
+                               progress=progress)
         self.store = store
 
         # Which regions take part: croppable, and labelled for every head.
