@@ -41,8 +41,8 @@ def main():
         p.error("--via-out rewrites the file given by --annotations; pass --annotations")
     quiet_tensorflow()
     from cropclf.annotations import read_annotations
-    from cropclf.prediction import (Classifier, predict_regions, regions_from_boxes,
-                                    write_predictions, write_via)
+    from cropclf.prediction import Classifier, predict_regions, regions_from_boxes, write_predictions
+    from cropclf.via_writer import write_via
 
     if args.image:
         frame = regions_from_boxes(args.image, args.box)
