@@ -63,9 +63,9 @@ class Prepared:
 
 
 def prepare(cfg: Config, label_maps: dict[str, LabelMap] | None = None, assignment=None, log=print,
-            progress: bool = True) -> Prepared:
-    """Reads, checks, splits and decodes the data once (every image read, every region checked)."""
-    frame = load_frame(cfg, log)
+            progress: bool = True, frame: pd.DataFrame | None = None) -> Prepared:
+    """Reads (unless given ``frame``), checks, splits and decodes the data once."""
+    frame = load_frame(cfg, log) if frame is None else frame
     maps = label_maps or build_label_maps(frame, cfg.data.heads)
     notes = []
     if assignment is None:

@@ -30,8 +30,12 @@ from cropclf.plots import learning_curves
 from cropclf.sequence import CropSequence
 
 
-def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, log=print) -> Path:
-    """Trains (or resumes) the run in ``run_dir`` and returns its path."""
+def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, log=print,
+          frame: pd.DataFrame | None = None) -> Path:
+    """Trains (or resumes) the run in ``run_dir`` and returns its path.
+
+    ``frame``: the regions `cropclf.dataset.load_frame` already read for this config, if any.
+    """
     run_dir = Path(run_dir)
     status = _read_json(run_dir / "status.json")
     if overwrite and run_dir.exists():
@@ -51,7 +55,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     # Data: read, check every image and region, split by image, decode once.
     resume_maps = load_label_maps(run_dir / "labels.json") if state else None
     resume_split = _read_split(run_dir / "split.csv") if state else None
-    data = prepare(cfg, resume_maps, resume_split, log=log)
+    data = prepare(cfg, resume_maps, resume_split, log=log, frame=frame)
     _check_images(cfg, data, log)
     _write_data_artefacts(cfg, data, run_dir, log)
 

@@ -26,10 +26,10 @@ def main():
     out = args.out or f"runs/{Path(cfg.data.annotations).stem if cfg.data.annotations else 'demo'}"
     from cropclf.dataset import load_frame
 
-    load_frame(cfg)  # bad annotations fail here, in a second, before TensorFlow starts (makes the demo data)
+    frame = load_frame(cfg)  # bad annotations fail here, in a second, before TensorFlow starts
     from cropclf.training import train
 
-    run_dir = train(cfg, out, overwrite=args.overwrite)
+    run_dir = train(cfg, out, overwrite=args.overwrite, frame=frame)
     if not args.no_evaluate and not (Path(run_dir) / "evaluation" / "report.json").exists():
         from cropclf.evaluation import evaluate_run
 
