@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +77,7 @@ def prepare(cfg: Config, label_maps: dict[str, LabelMap] | None = None, assignme
     return Prepared(frame, maps, assignment, notes, store, list(store.problems))
 
 
-def print_problems(problems, log=print, limit: int = 50, stream=sys.stdout) -> None:
+def print_problems(problems, log=print, limit: int = 50) -> None:
     for p in problems[:limit]:
         log(f"  skipped: {p}")
     if len(problems) > limit:

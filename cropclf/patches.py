@@ -227,12 +227,3 @@ class PatchStore:
 def default_threads() -> int:
     """Threads for the decoding pass: one per CPU core (at most 8); OpenCV releases the GIL."""
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-def estimate_bytes(n_regions: int, out_hw, margin: float, room: float) -> int:
-    """Upper estimate of a store's size: each patch is at most the output grown by the room."""
-    grow = (1 + 2 * max(room, margin)) / (1 + 2 * margin)
-    return int(n_regions * 3 * (out_hw[0] * grow + 1) * (out_hw[1] * grow + 1))
-
-
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2**31 - 1))
