@@ -230,6 +230,14 @@ def test_stall_notice_continues_a_resumed_history():
     assert lines == ["Epoch 4: val_loss 0.5500 has not improved since epoch 1 (best 0.5000)"]
 
 
+def test_evaluate_refuses_zero_resamples(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--run", tmp_path,
+                           "--resamples", "0"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == "error: --resamples must be at least 1. Received: 0"
+
+
 # --- end to end: a learnable head and a noise head ----------------------------------------------------
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 40, 230)}
@@ -263,16 +271,20 @@ def _two_heads_dataset(root, n_images=60, per_image=5, seed=0):
 
 @pytest.mark.slow
 def test_evaluate_warns_about_the_noise_head_only(tmp_path):
-    """Trained through scripts/train.py, scored through scripts/evaluate.py: the noise head is flagged."""
+    """A tiny run scored through scripts/evaluate.py: the noise head is flagged, the colour head not."""
+    from cropclf.config import Config
+    from cropclf.training import train
+
     via = _two_heads_dataset(tmp_path / "data")
+    cfg = Config().replace(**{"data.annotations": str(via), "data.heads": ["colour", "noise"],
+                              "crop.image_size": [24, 24], "model.width": 8, "train.epochs": 3,
+                              "train.batch_size": 16, "train.learning_rate": 0.01, "augment.enabled": False})
+    lines = []
+    run = train(cfg, tmp_path / "run", export=False, log=lines.append)
+    val = json.loads((run / "history.json").read_text())["val_loss"]
+    stalled = [e + 1 for e in range(1, len(val)) if val[e] >= min(val[:e])]
+    assert [int(line.split(":")[0].split()[-1]) for line in lines if "has not improved" in line] == stalled
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "CROPCLF_QUIET": "1", "PYTHONPATH": str(REPO)}
-    run = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train.py"), "--annotations", via, "--heads", "colour,noise",
-         "--out", run, "--epochs", "4", "--image-size", "24", "--batch-size", "16", "--set", "model.width=8",
-         "--set", "train.learning_rate=0.01", "--set", "augment.enabled=false", "--no-evaluate"],
-        env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate.py"), "--run", run],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
