@@ -210,6 +210,9 @@ def verdict(head: str, m: dict) -> str | None:
     bal_lo, bal_hi = m["intervals"]["balanced_accuracy"]
     major, chance = m["majority_baseline"], m["chance_baseline"]
     n_seen = round(1 / chance)
+    if n_seen == 1:
+        return (f"head '{head}': every test region is '{major['class']}', so a constant answer scores "
+                f"{major['accuracy']:.3f} too: this test set cannot show whether the model learned this head")
     acc = (f"accuracy {m['accuracy']:.3f} [{acc_lo:.3f}, {acc_hi:.3f}] is no better than always answering "
            f"'{major['class']}' ({major['accuracy']:.3f})")
     bal = (f"balanced accuracy {m['balanced_accuracy']:.3f} [{bal_lo:.3f}, {bal_hi:.3f}] is no better than "

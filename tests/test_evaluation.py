@@ -139,6 +139,37 @@ def test_noise_is_flagged_and_learning_is_not():
     assert good["majority_baseline"]["accuracy"] < lo <= good["accuracy"] <= hi
 
 
+def test_accurate_only_on_the_common_class_is_flagged_apart():
+    """Imbalanced: the rare class always right, 10 of 90 common ones missed: balanced accuracy beats chance,
+    accuracy (0.9) does not beat always answering the common class (0.9)."""
+    y_true = ([0] * 9 + [1]) * 10
+    y_pred = [1 if (k % 10 == 9 or k < 11) else 0 for k in range(100)]  # k = 0..8 and 10: common, missed
+    m = _scored(y_true, y_pred, ["common", "rare"], images=20)
+    assert m["accuracy"] == pytest.approx(0.9) and m["balanced_accuracy"] > 0.9
+    assert m["learned"] is False
+    assert "no better than always answering 'common' (0.900), though its balanced accuracy" in m["warning"]
+    assert m["warning"].endswith("the model tells some classes apart but is not more accurate than a constant answer")
+
+
+def test_balanced_accuracy_alone_can_fail():
+    from cropclf.evaluation import verdict
+
+    m = {"accuracy": 0.8, "balanced_accuracy": 0.6, "majority_baseline": {"class": "x", "accuracy": 0.5},
+         "chance_baseline": 0.5, "intervals": {"accuracy": [0.6, 0.9], "balanced_accuracy": [0.45, 0.7]}}
+    assert verdict("h", m) == ("head 'h': balanced accuracy 0.600 [0.450, 0.700] is no better than chance "
+                               "(0.500: 1 of 2 classes), though its accuracy beats always answering 'x': the model "
+                               "has not learned to tell this head's classes apart")
+    m["intervals"]["balanced_accuracy"] = [0.51, 0.7]
+    assert verdict("h", m) is None
+
+
+def test_a_test_set_of_one_class_cannot_show_learning():
+    m = _scored([1] * 20, [1] * 20, ["major", "minor"], images=5, head="type")
+    assert m["learned"] is False
+    assert m["warning"] == ("head 'type': every test region is 'minor', so a constant answer scores 1.000 too: "
+                            "this test set cannot show whether the model learned this head")
+
+
 def test_without_images_no_verdict():
     from cropclf.evaluation import head_metrics
 
