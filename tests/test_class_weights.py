@@ -29,7 +29,8 @@ def imbalanced_dataset(folder):
     return write(folder, "via.csv", "\n".join(lines))
 
 
-def test_balanced_weights_are_n_over_k_n_c_on_the_training_split(tmp_path, monkeypatch):
+def train_recording_weights(annotations, run_dir, monkeypatch) -> dict:
+    """Trains one epoch through `cropclf.training.train`; returns the training sequence's weights."""
     from cropclf import training
     from cropclf.sequence import CropSequence
 
@@ -42,10 +43,15 @@ def test_balanced_weights_are_n_over_k_n_c_on_the_training_split(tmp_path, monke
                 seen.update(maps=label_maps, weights=class_weights, seq=self)
 
     monkeypatch.setattr(training, "CropSequence", Recording)
-    annotations = imbalanced_dataset(tmp_path)
     cfg = small_config(annotations, **{"train.epochs": 1, "model.width": 4, "train.workers": 1})
-    run = training.train(cfg, tmp_path / "run", export=False, log=lambda *a: None)
+    seen["run"] = training.train(cfg, run_dir, export=False, log=lambda *a: None)
+    return seen
 
+
+def test_balanced_weights_are_n_over_k_n_c_on_the_training_split(tmp_path, monkeypatch):
+    annotations = imbalanced_dataset(tmp_path)
+    seen = train_recording_weights(annotations, tmp_path / "run", monkeypatch)
+    run = seen["run"]
     split = pd.read_csv(run / "split.csv")
     frame = read_annotations(annotations)
     train = frame[frame["path"].isin(split.loc[split["split"] == "train", "path"])]
@@ -97,3 +103,21 @@ def test_keras_applies_each_heads_weights_to_that_heads_loss(tiny_images):
         assert history[f"{head}_loss"][0] == pytest.approx(expected[head], rel=1e-4)
         assert abs(expected[head] - unweighted[head]) > 0.05 * unweighted[head]  # the weights matter
     assert history["loss"][0] == pytest.approx(expected["name"] + expected["type"], rel=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="training._class_weights counts every region of the training "
+                   "images, also those the sequence leaves out (points, regions unlabelled for another head)")
+def test_weights_count_only_the_regions_trained_on(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    lines = [VIA_HEADER]
+    for i in range(12):
+        write_image(tmp_path / f"img{i}.png", (rng.integers(0, 2, (48, 64, 3)) * 255).astype(np.uint8))
+        regions = [({"name": "rect", "x": 2 + 12 * k, "y": 4, "width": 10, "height": 30},
+                    {"name": "aab"[k % 3], "type": "y" if k == 0 else "x"}) for k in range(5)]
+        regions += [({"name": "point", "cx": 5, "cy": 5}, {"name": "b", "type": "y"}),  # cannot be cropped
+                    ({"name": "rect", "x": 3, "y": 3, "width": 10, "height": 10}, {"name": "b", "type": ""})]
+        lines += [csv_row(f"img{i}.png", {}, len(regions), k, s, a) for k, (s, a) in enumerate(regions)]
+    seen = train_recording_weights(write(tmp_path, "via.csv", "\n".join(lines)), tmp_path / "run", monkeypatch)
+    for head, label_map in seen["maps"].items():
+        counts = np.bincount(seen["seq"].labels[head], minlength=len(label_map))  # what is trained on
+        np.testing.assert_allclose(seen["weights"][head], counts.sum() / (len(counts) * counts), rtol=1e-6)
