@@ -122,12 +122,23 @@ def test_jitter_takes_context_from_real_pixels(tiny_images):
         assert seq[0][0].min() > 0
 
 
-def test_user_compose(tiny_images):
+@pytest.mark.parametrize("transform, applied", [
+    ("InvertImg", lambda X: 255 - X),
+    ("VerticalFlip", lambda X: X[:, ::-1]),
+])
+def test_user_compose(tiny_images, transform, applied):
+    """A user's Compose replaces the presets: the default box jitter, then exactly that transform."""
     import albumentations as A
 
-    seq = make(tiny_images, batch_size=4, augment=A.Compose([A.VerticalFlip(p=1.0)]), seed=0)
-    X, _ = seq[0]
-    assert X.shape == (4, 24, 40, 3)
+    jitter_only = AugmentConfig(hflip=0, rotate=0, color=0, blur=0)  # default shift and scale
+    plain = make(tiny_images, batch_size=4, augment=jitter_only, seed=0)
+    user = make(tiny_images, batch_size=4, augment=A.Compose([getattr(A, transform)(p=1.0)]), seed=0)
+    for i in range(len(plain)):
+        (X0, y0), (X1, y1) = plain[i], user[i]
+        assert X1.shape == X0.shape and X1.shape[1:] == (24, 40, 3)
+        np.testing.assert_array_equal(y1["name"], y0["name"])  # same regions, same order
+        np.testing.assert_array_equal(X1, applied(X0))
+        assert not np.array_equal(X1, X0)  # the transform changes these crops
 
 
 def test_class_weights_become_sample_weights(tiny_images):
