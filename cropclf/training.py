@@ -228,10 +228,14 @@ def _class_weights(data: Prepared, cfg: Config) -> dict:
     """Per head, ``n / (k * n_c)`` over the training split: rare classes count as much as common ones."""
     from cropclf.labels import encode_heads
 
-    labels = encode_heads(data.split("train"), data.label_maps)
+    frame = data.split("train")
+    labels = encode_heads(frame, data.label_maps)
+    # only the regions the training sequence uses: croppable and labelled for every head
+    used = np.array([data.store.has(i) for i in frame.index], bool)
+    used &= np.all([v >= 0 for v in labels.values()], axis=0)
     out = {}
     for head, ids in labels.items():
-        counts = np.bincount(ids[ids >= 0], minlength=len(data.label_maps[head])).astype(np.float64)
+        counts = np.bincount(ids[used], minlength=len(data.label_maps[head])).astype(np.float64)
         present = counts > 0
         w = np.ones_like(counts)
         w[present] = counts[present].sum() / (present.sum() * counts[present])

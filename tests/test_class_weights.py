@@ -105,8 +105,6 @@ def test_keras_applies_each_heads_weights_to_that_heads_loss(tiny_images):
     assert history["loss"][0] == pytest.approx(expected["name"] + expected["type"], rel=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="training._class_weights counts every region of the training "
-                   "images, also those the sequence leaves out (points, regions unlabelled for another head)")
 def test_weights_count_only_the_regions_trained_on(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     lines = [VIA_HEADER]
