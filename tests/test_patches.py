@@ -136,3 +136,16 @@ def test_order_is_built_once_per_epoch(tiny_images):
     X, y = seq[0]
     names = [seq.label_maps["name"].classes[i] for i in y["name"].argmax(1)]
     assert names == [tiny_images.loc[seq.index[p], "name"] for p in reference[5][:2]]
+
+
+@pytest.mark.parametrize("pad_value", [0, 200])
+def test_large_windows_take_the_chunked_path_to_the_same_patches(tall_image, monkeypatch, pad_value):
+    from cropclf import patches
+
+    _, path = tall_image
+    frame = frame_of(path, ANY_ASPECT)
+    one_pass = PatchStore(frame, (24, 40), 0.15, 0.2, pad_value=pad_value, progress=False)
+    monkeypatch.setattr(patches, "INTEGRAL_MAX_PIXELS", 0)  # as if every window were huge
+    chunked = PatchStore(frame, (24, 40), 0.15, 0.2, pad_value=pad_value, progress=False)
+    assert one_pass.nbytes == chunked.nbytes
+    assert np.abs(one_pass.buffer.astype(int) - chunked.buffer).max() <= 1
