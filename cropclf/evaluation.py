@@ -50,9 +50,9 @@ def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", ou
             log(f"head '{h}': {int((ids[h] == -2).sum())} region(s) carry labels training never saw, "
                 f"reported, not scored: {values}")
 
-    store = PatchStore(frame[known], cfg.crop.image_size, cfg.crop.margin, cfg.crop.margin, cfg.crop.resize,
-                       cfg.crop.min_size, cfg.crop.pad_value, memory_mb=cfg.augment.cache_memory_mb,
-                       threads=default_threads())
+    store = PatchStore(frame[known], cfg.crop.image_size, cfg.crop.margin, 0.0, cfg.crop.resize,
+                       cfg.crop.min_size, cfg.crop.pad_value, memory_mb=cfg.data.cache_memory_mb,
+                       cache_dir=cfg.data.cache_dir, threads=default_threads())
     seq = CropSequence(frame[known], maps, cfg.train.batch_size, cfg.crop, False, store=store)
     if len(seq.slots) == 0:
         from cropclf.errors import CropclfError

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cropclf.crops import (canonical_crop, cut_window, expand_box, fit_size, integer_window, jitter_window,
-                           output_to_source, room_fraction)
+                           jitter_reach, output_to_source)
 
 IMAGE = np.arange(37 * 53 * 3, dtype=np.uint32).reshape(37, 53, 3).astype(np.uint8)  # non-square
 
@@ -54,15 +54,17 @@ def test_output_to_source_maps_corners():
     np.testing.assert_allclose(m @ [2, 3, 1], [10 + 25 - 0.5, 20 + 35 - 0.5])
 
 
-def test_jitter_is_bounded_by_room():
+def test_jitter_is_bounded_by_reach():
+    # the sequence jitters the whole-pixel margin window; jitter_reach bounds how far its edges move
     rng = np.random.default_rng(0)
-    box, margin, shift, scale = np.array([100.0, 50, 40, 20]), 0.15, 0.1, 0.2
-    window = expand_box(box, margin)
-    room = expand_box(box, room_fraction(margin, shift, scale))
+    box, margin, shift, scale = np.array([100.3, 50.6, 40.2, 20.7]), 0.15, 0.1, 0.2
+    x0, y0, x1, y1 = integer_window(expand_box(box, margin))
+    window = np.array([x0, y0, x1 - x0, y1 - y0], float)
+    reach = jitter_reach(shift, scale) * window[2:]
     for _ in range(500):
         x, y, w, h = jitter_window(window, rng, shift, scale)
-        assert x >= room[0] - 1e-9 and y >= room[1] - 1e-9
-        assert x + w <= room[0] + room[2] + 1e-9 and y + h <= room[1] + room[3] + 1e-9
+        assert x >= x0 - reach[0] - 1e-9 and y >= y0 - reach[1] - 1e-9
+        assert x + w <= x1 + reach[0] + 1e-9 and y + h <= y1 + reach[1] + 1e-9
 
 
 @settings(max_examples=200, deadline=None)
