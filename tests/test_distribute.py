@@ -128,8 +128,7 @@ def _main(tmp, workers, mp, strategy_name):
         model.compile(optimizer=keras.optimizers.SGD(0.01),
                       loss={"name": RecordingLoss(), "type": keras.losses.CategoricalCrossentropy()})
     model.fit(train, validation_data=val, epochs=EPOCHS, shuffle=False, callbacks=[Where()], verbose=0)
-    for seq in (train, val):
-        getattr(seq, "close", lambda: None)()
+    train.close(), val.close()
     (tmp / "record.json").write_text(json.dumps({
         "replicas": strategy.num_replicas_in_sync, "calls": calls, "train_orders": orders,
         "val_regions": len(val.slots), "val_order": [int(val.labels["name"][p]) for p in val.order()]}))
