@@ -2,10 +2,11 @@
 
 `fit` reads batches through `tf.data`, which wraps whatever a batch raises in a TensorFlow error. Each
 case runs `scripts/train.py` through this file as a script that first replaces `CropSequence.crops`
-with one that raises from a given training batch on (from the third: the first two are the ones
-Keras peeks at before training, read directly; the rest are read through `tf.data`): an `ImageError` (a data problem, as a corrupt spill file or a bad pixel buffer
-would be) or a `ZeroDivisionError` (a bug). The patch is made before the workers exist, so forked
-worker processes inherit it.
+with one that raises from a given training batch on (from the third: Keras reads the first two
+directly, to learn the batch structure, and the rest through `tf.data`). It raises an `ImageError`
+(a data problem; no real bad input can fail there, as the patch store checks and decodes every image
+before training, so the fault is injected) or a `ZeroDivisionError` (a bug). The patch is made before
+the workers exist, so forked worker processes inherit it.
 """
 
 import os
