@@ -29,11 +29,13 @@ def run(main) -> None:
         print("interrupted", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)  # a normal exit can abort while TensorFlow's threads are torn down
-    except Exception:  # a bug, not bad input: keep the traceback for the report, and do not hang
+    except Exception as e:  # a bug, not bad input: keep the traceback for the report, and do not hang
         import traceback
 
         traceback.print_exc()
-        print("error: internal error (traceback above); please report it", file=sys.stderr, flush=True)
+        saved = [n for n in getattr(e, "__notes__", []) if n.startswith("(traceback saved to")]
+        print(f"error: internal error (traceback above{'; ' + saved[0][1:-1] if saved else ''}); please report it",
+              file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)  # TensorFlow and data-loader threads can keep a normal exit waiting forever
     sys.exit(code or 0)

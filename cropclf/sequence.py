@@ -6,14 +6,18 @@ float32 one-hot arrays keyed by head name, matching the model's output names.
 
 Randomness derives from ``(seed, epoch, batch index)`` alone, never from call order, so batches are
 the same whatever the number of workers, threads or processes, and the extra ``__getitem__`` calls
-Keras makes before training change nothing.
+Keras makes before training change nothing. The sequence runs its own workers (`_Loader`), which hand
+out a batch only for the ``(epoch, index)`` it was built for.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
 import os
+import threading
+from concurrent.futures import CancelledError, ProcessPoolExecutor, ThreadPoolExecutor
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -52,14 +56,24 @@ class CropSequence(keras.utils.PyDataset):
         decode_threads: threads for the one decoding pass that fills a store built here
             (default: one per CPU core, whatever ``workers`` is).
         progress: show a bar while decoding images into the store.
-        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` for `keras.utils.PyDataset`.
+        workers: threads (or processes) building batches ahead of ``fit``.
+        use_multiprocessing: build batches in forked processes instead of threads.
+        max_queue_size: how many batches to build ahead.
+
+    The workers are the sequence's own, not Keras': Keras' loader hands out batches in the order they
+    arrive and keeps unconsumed ones across epochs, so under a `tf.distribute` strategy (which pulls a
+    batch to build the model) every epoch began with the previous epoch's batches. Here a batch is
+    only ever handed out for the ``(epoch, index)`` it was built for; Keras sees one worker.
     """
 
     def __init__(self, frame: pd.DataFrame, label_maps: dict[str, LabelMap], batch_size: int = 32,
                  crop: CropConfig | None = None, augment=False, shuffle: bool | None = None, seed: int = 0,
                  store: PatchStore | None = None, class_weights: dict | None = None, replicas: int = 1,
-                 decode_threads: int | None = None, progress: bool = True, **kwargs):
-        super().__init__(**kwargs)
+                 decode_threads: int | None = None, progress: bool = True, workers: int = 1,
+                 use_multiprocessing: bool = False, max_queue_size: int = 10):
+        super().__init__()  # Keras' own loader stays off: see `_Loader`
+        self._loader = _Loader(self, workers, use_multiprocessing, max_queue_size)
+        self.failure: BaseException | None = None  # the first error building a batch (`fit` wraps it)
         if batch_size < 1:
             raise CropclfError(f"`batch_size` must be >= 1. Received: {batch_size}")
         self.crop = crop or CropConfig()
@@ -137,13 +151,25 @@ class CropSequence(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         if not 0 <= i < len(self):
             raise IndexError(f"Batch index {i} out of range for {len(self)} batches. Received: {i}")
-        epoch = self.epoch
+        epoch = self.epoch if self.shuffle or self.jitter is not None else 0  # else every epoch is alike
+        try:
+            return self._loader.get(epoch, i)
+        except Exception as e:
+            # `fit` reads batches through `tf.data`, which turns any exception into a TensorFlow error;
+            # training re-raises this one instead (see `cropclf.training`)
+            if self.failure is None and not isinstance(e, CancelledError):  # cancelled: a reader fit dropped
+                self.failure = e
+            raise
+
+    def batch(self, epoch: int, i: int):
+        """Batch ``i`` of epoch ``epoch``: a pure function of the two (whoever calls it, in any order)."""
         positions = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
         try:
             X = self.crops(positions, epoch, i)
-        except Exception as e:  # name the batch's regions: workers lose the traceback's context
-            raise CropclfError(f"Building batch {i} (epoch {epoch}) failed: {e!r}; regions: "
-                               + "; ".join(f"{self.paths[p]} ({self.rows[p]})" for p in positions[:8])) from e
+        except CropclfError as e:  # a data problem: say which regions (a worker's traceback says nothing)
+            regions = "; ".join(f"{self.paths[p]} ({self.rows[p]})" for p in positions[:8])
+            more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
+            raise type(e)(f"{regions}{more}: building batch {i} of epoch {epoch}: {e}") from e
         y = {h: self._eye[h][self.labels[h][positions]] for h in self.heads}
         if self.weights is None:
             return X, y
@@ -155,6 +181,10 @@ class CropSequence(keras.utils.PyDataset):
             y = {h: np.concatenate([v, v[take]]) for h, v in y.items()}
             w = {h: np.concatenate([v, np.zeros(short, np.float32)]) for h, v in w.items()}
         return X, y, w
+
+    def close(self) -> None:
+        """Stops the workers (before the patch store they read from closes)."""
+        self._loader.close()
 
     # --- crops ---------------------------------------------------------------------------------
 
@@ -195,3 +225,59 @@ class CropSequence(keras.utils.PyDataset):
         """One line per region left out, and a count."""
         lines = [str(p) for p in self.skipped]
         return "\n".join([f"{len(self.skipped)} region(s) left out, {len(self.slots)} used", *lines])
+
+
+class _Loader:
+    """Builds a sequence's batches ahead of the caller on worker threads or forked processes.
+
+    Batches are keyed by ``(epoch, index)``: a request gets the batch built for exactly that key,
+    batches built ahead for another epoch are dropped, and extra or abandoned readers (Keras' model
+    building, `tf.data` iterators it discards) cannot shift what the next reader gets.
+    """
+
+    def __init__(self, seq: CropSequence, workers: int, processes: bool, depth: int):
+        self.seq, self.workers, self.processes = seq, max(int(workers), 1), bool(processes)
+        self.depth = max(int(depth), 1)
+        self._pool = None
+        self._pending: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, epoch: int, i: int):
+        if self.workers == 1 and not self.processes:
+            return self.seq.batch(epoch, i)
+        with self._lock:
+            if self._pool is None:
+                self._pool = (ProcessPoolExecutor(self.workers, multiprocessing.get_context("fork"),
+                                                  initializer=_adopt, initargs=(self.seq,))
+                              if self.processes else ThreadPoolExecutor(self.workers, "cropclf-batches"))
+            stale = [k for k in self._pending if k[0] != epoch or (len(self._pending) > 4 * self.depth and k[1] < i)]
+            for key in stale:
+                self._pending.pop(key).cancel()
+            for j in range(i, min(i + self.depth, len(self.seq))):
+                if (epoch, j) not in self._pending:
+                    self._pending[epoch, j] = (self._pool.submit(_build, epoch, j) if self.processes
+                                               else self._pool.submit(self.seq.batch, epoch, j))
+            future = self._pending.pop((epoch, i))
+        return future.result()
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool, self._pending = self._pool, None, {}
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __del__(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_WORKER_SEQUENCE: CropSequence | None = None  # in a forked worker: the sequence it builds batches of
+
+
+def _adopt(seq: CropSequence) -> None:
+    global _WORKER_SEQUENCE
+    _WORKER_SEQUENCE = seq
+
+
+def _build(epoch: int, i: int):
+    return _WORKER_SEQUENCE.batch(epoch, i)

@@ -103,7 +103,17 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
                                                        "resume": "run the same command again"})
         log(f"Interrupted: {run_dir} keeps its last completed epoch; run the same command to resume.")
         raise
+    except Exception as e:
+        error = _batch_error(e, train_seq, val_seq)
+        if not isinstance(error, CropclfError):  # a bug: keep its traceback with the run
+            _save_traceback(error, run_dir / "error.txt")
+        if error is e:
+            raise
+        raise error.with_traceback(error.__traceback__) from error.__cause__  # a worker's traceback
     finally:
+        for seq in (train_seq, val_seq):
+            if seq is not None:
+                seq.close()  # workers first: they read the store
         data.store.close()
     if not (run_dir / "model.keras").exists():
         raise CropclfError(f"Training produced no model in {run_dir} (loss was not finite?). Received: no checkpoint")
@@ -185,6 +195,29 @@ class StallNotice(keras.callbacks.Callback):
         else:
             self.log(f"Epoch {epoch + 1}: {self.monitor} {value:.4f} has not improved since epoch "
                      f"{self.best_epoch} (best {self.best:.4f})")
+
+
+def _batch_error(error: BaseException, *sequences) -> BaseException:
+    """The error a sequence raised while building a batch, if ``error`` is TensorFlow's wrapping of it.
+
+    ``fit`` reads batches through ``tf.data.Dataset.from_generator``, which turns any exception
+    (a `CropclfError` naming images and rows included) into a `tf.errors.OpError` holding its text.
+    """
+    if isinstance(error, tf.errors.OpError):
+        for seq in sequences:
+            if seq is not None and seq.failure is not None:
+                return seq.failure
+    return error
+
+
+def _save_traceback(error: BaseException, path: Path) -> None:
+    import traceback
+
+    try:
+        artifacts.write_text(path, "".join(traceback.format_exception(error)))
+        error.add_note(f"(traceback saved to {path})")
+    except OSError:  # the run directory may be what failed; the traceback is still printed
+        pass
 
 
 def _check_images(cfg: Config, data: Prepared, log) -> None:

@@ -6,7 +6,7 @@ from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 from cropclf.config import AugmentConfig, CropConfig
 from cropclf.crops import canonical_crop
-from cropclf.errors import CropclfError
+from cropclf.errors import CropclfError, ImageError
 from cropclf.images import load_image
 from cropclf.labels import build_label_maps
 from cropclf.patches import PatchStore
@@ -187,21 +187,31 @@ def test_class_weights_become_sample_weights(tiny_images):
 
 
 class Exploding(PatchStore):
-    armed = False
+    error = None
 
     def patch(self, s):
-        if self.armed:
-            raise RuntimeError("disk fell off")
+        if self.error is not None:
+            raise self.error
         return super().patch(s)
 
 
 @pytest.mark.parametrize("workers, mp", [(1, False), (2, False), (2, True)])
 def test_batch_errors_name_the_region(tiny_images, workers, mp):
     store = Exploding(tiny_images, CROP.image_size, CROP.margin, CROP.margin, progress=False)
-    store.armed = True
+    store.error = ImageError("patch bytes unreadable. Received: 0 bytes")
     seq = make(tiny_images, batch_size=4, store=store, workers=workers, use_multiprocessing=mp)
-    with pytest.raises(CropclfError, match=r"img \d\.png \(row \d+\).*disk fell off|disk fell off.*img \d\.png"):
+    with pytest.raises(ImageError, match=r"img \d\.png \(row \d+\).*: building batch 0 of epoch \d+: patch bytes"):
         run_epochs(seq, 1)
+
+
+@pytest.mark.parametrize("workers, mp", [(1, False), (2, False), (2, True)])
+def test_programming_errors_are_not_data_errors(tiny_images, workers, mp):
+    store = Exploding(tiny_images, CROP.image_size, CROP.margin, CROP.margin, progress=False)
+    store.error = ZeroDivisionError("a bug")
+    seq = make(tiny_images, batch_size=4, store=store, workers=workers, use_multiprocessing=mp)
+    with pytest.raises(ZeroDivisionError, match="a bug") as info:
+        run_epochs(seq, 1)
+    assert not isinstance(info.value, CropclfError)
 
 
 def test_store_decodes_each_image_once(tiny_images, monkeypatch):
