@@ -173,4 +173,5 @@ def test_review_finds_flipped_labels_on_a_small_demo(demo_medium, tmp_path):
     assert m["confident_learning"]["recall"] >= FLOOR_RECALL, m
 
 
-FLOOR_PRECISION, FLOOR_RECALL = 0.0, 0.0  # set from a measured run
+# Measured with this test's settings (noise seed 1): precision 0.96 (25 of 26 listed), recall 0.83 (25 of 30).
+FLOOR_PRECISION, FLOOR_RECALL = 0.8, 0.65
