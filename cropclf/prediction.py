@@ -83,6 +83,7 @@ class Classifier:
                                f"Received: signatures {sorted(signatures)}")
         labels, prep = json.loads(meta["labels_json"]), json.loads(meta["preprocessing_json"])
         self.heads = list(prep.get("heads") or labels)
+        self.preprocessing = prep  # crop size, margin, resize mode, padding: to draw its crops
         self.classes = {h: labels[h]["classes"] for h in self.heads}
         self.min_size = _min_size(path)
         self._fn = signatures["classify_regions"]
@@ -93,12 +94,23 @@ class Classifier:
             raise CropclfError(f"{path}: no outputs for head(s) {lost} in classify_regions. "
                                f"Received: outputs {sorted(outputs)}")
 
-    def classify(self, image: np.ndarray, boxes) -> dict[str, tuple[list[str], np.ndarray]]:
-        """Per head, labels and scores of ``boxes`` (VIA ``x, y, w, h``) on an RGB uint8 image."""
+    def classify(self, image: np.ndarray, boxes, second: bool = False) -> dict[str, tuple]:
+        """Per head, labels and scores of ``boxes`` (VIA ``x, y, w, h``) on an RGB uint8 image.
+
+        With ``second``, also the runner-up labels and their scores (the same as the best for a
+        one-class head): ``(labels, scores, second_labels, second_scores)``.
+        """
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         out = self._fn(image=np.ascontiguousarray(image, np.uint8), boxes=boxes)
-        return {h: ([b.decode("utf-8") for b in out[f"{k}_label"].numpy()],
-                    out[f"{k}_score"].numpy()) for h, k in self._keys.items()}
+        result = {}
+        for h, k in self._keys.items():
+            labels, scores = [b.decode("utf-8") for b in out[f"{k}_label"].numpy()], out[f"{k}_score"].numpy()
+            result[h] = (labels, scores)
+            if second:
+                p = out[f"{k}_probabilities"].numpy()
+                runner = np.argsort(-p, axis=1, kind="stable")[:, min(1, p.shape[1] - 1)]
+                result[h] += ([self.classes[h][j] for j in runner], p[np.arange(len(p)), runner])
+        return result
 
 
 def output_name(head: str) -> str:
@@ -146,14 +158,15 @@ def regions_from_boxes(image, boxes: list[str]) -> pd.DataFrame:
 # --- prediction ---------------------------------------------------------------------------------
 
 def predict_regions(clf: Classifier, frame: pd.DataFrame, draw_dir=None,
-                    progress: bool = True) -> tuple[pd.DataFrame, list[Skipped]]:
+                    progress: bool = True, second: bool = False) -> tuple[pd.DataFrame, list[Skipped]]:
     """Classifies every region of ``frame`` (from `read_annotations`), one signature call per image.
 
     ``draw_dir``: also write each image with its boxes and predicted labels there, as PNG.
 
     Returns:
         The predictions (index: the frame's, columns `COLUMNS` then per head ``<head>`` and
-        ``<head>_score``) and the regions that could not be classified.
+        ``<head>_score``, with ``second`` also ``<head>_second`` and ``<head>_second_score``, the
+        runner-up) and the regions that could not be classified.
     """
     records, index, skipped = [], [], []
     groups = frame.groupby("path", sort=False)
@@ -178,11 +191,14 @@ def predict_regions(clf: Classifier, frame: pd.DataFrame, draw_dir=None,
                 else:
                     keep.append((idx, r))
             boxes = [[r["x"], r["y"], r["width"], r["height"]] for _, r in keep]
-            result = clf.classify(image, boxes) if keep else {}
+            result = clf.classify(image, boxes, second) if keep else {}
             for k, (idx, r) in enumerate(keep):
                 record = {c: _plain(r[c]) for c in COLUMNS}
-                for h, (labels, scores) in result.items():
+                for h, (labels, scores, *runner) in result.items():
                     record[h], record[f"{h}_score"] = labels[k], round(float(scores[k]), 6)
+                    if runner:
+                        record[f"{h}_second"] = runner[0][k]
+                        record[f"{h}_second_score"] = round(float(runner[1][k]), 6)
                 records.append(record)
                 index.append(idx)
             if draw_dir is not None:
@@ -191,7 +207,8 @@ def predict_regions(clf: Classifier, frame: pd.DataFrame, draw_dir=None,
                 png = cv2.imencode(".png", drawn[..., ::-1])[1]  # RGB -> OpenCV's BGR
                 artifacts.write_bytes(draw_path, png.tobytes())
             bar.update()
-    columns = [*COLUMNS, *(c for h in clf.heads for c in (h, f"{h}_score"))]
+    extra = ("_second", "_second_score") if second else ()
+    columns = [*COLUMNS, *(c for h in clf.heads for c in (h, f"{h}_score", *(h + e for e in extra)))]
     return pd.DataFrame(records, index=index, columns=columns, dtype=object), skipped
 
 

@@ -1,10 +1,12 @@
 """Writing predictions back into an annotation file, in its own format, for a person to correct in VIA.
 
-The same file comes out (VIA 1/2 JSON, VIA 2 project, VIA CSV or the flat CSV) with the predicted
-labels as region attributes: regions are matched to the reader's frame by (filename, region_id),
-numbered exactly as `cropclf.annotations` numbers them; other attributes and skipped regions keep
-what they had; a VIA CSV is re-emitted in VIA's own style (7 columns, compact JSON, doubled quotes,
-no trailing newline).
+The same file comes out (VIA 1/2 JSON, VIA 2 project, VIA CSV or the flat CSV) with the predictions
+as region attributes, losing nothing: a region a person labelled keeps its label, the prediction
+goes beside it (``<head>_predicted``, ``<head>_score``); only unlabelled regions get the head filled.
+Regions are matched to the reader's frame by (filename, region_id), numbered exactly as
+`cropclf.annotations` numbers them; other attributes and skipped regions keep what they had; a VIA
+CSV is re-emitted in VIA's own style (7 columns, compact JSON, doubled quotes, no trailing newline).
+Images can be reordered (least sure first: VIA lists images in file order) and filtered.
 """
 
 from __future__ import annotations
@@ -19,39 +21,133 @@ import pandas as pd
 
 from cropclf import artifacts
 from cropclf.annotations import _repair  # the reader's fix for VIA's bare `undefined`
+from cropclf.errors import LabelError
+from cropclf.labels import head_column
 
 _OPTION_TYPES = ("radio", "dropdown", "image", "checkbox")  # VIA stores option ids for these
+PREDICTED, SCORE = "{}_predicted", "{}_score"  # the attributes a prediction goes to beside a label
+DESCRIPTIONS = {PREDICTED: "cropclf's predicted label (not a human label)",
+                SCORE: "cropclf's score for its prediction, 0-1 (low: look here first)"}
 
 
-def write_via(source, out, frame: pd.DataFrame, predictions: pd.DataFrame, heads) -> Path:
-    """Writes ``source`` again, in its own format, with predicted labels as region attributes.
+def write_via(source, out, frame: pd.DataFrame, predictions: pd.DataFrame, heads, *,
+              overwrite_labels: bool = False, least_sure_first: bool = True,
+              only_below: float | None = None) -> Path:
+    """Writes ``source`` again, in its own format, with the predictions as region attributes.
 
-    Regions are matched to ``frame`` (read from ``source``) by filename and region id, numbered as
-    `read_annotations` numbers them. Other attributes stay; skipped regions keep theirs.
+    Per head ``h``, every classified region gets ``h_predicted`` (the label) and ``h_score``; the
+    head attribute ``h`` itself is filled only where it is empty (no human label), unless
+    ``overwrite_labels``. Everything else stays as it was; in a VIA 2 project the new attributes
+    are declared as text attributes, so VIA shows them as their own fields.
+
+    Args:
+        source: the annotation file ``frame`` was read from.
+        out: where to write.
+        frame: `read_annotations(source)`; regions are matched by filename and region id.
+        predictions: `predict_regions` output (index: the frame's; ``h`` and ``h_score`` per head).
+        heads: the heads to write.
+        overwrite_labels: replace human labels with predicted ones (the old behaviour).
+        least_sure_first: order images by their least-sure region (lowest score over all heads),
+            lowest first; images without a classified region keep their order, after the others.
+        only_below: keep only images holding a region scored below this (on some head); those
+            keep all their regions, but only the regions below it get prediction attributes.
+    """
+    human = {h: _human_values(frame, h) for h in heads}
+    values, region_score = {}, {}
+    for i in predictions.index:
+        score = min(float(predictions.at[i, SCORE.format(h)]) for h in heads)
+        region_score[i] = score
+        if only_below is not None and not score < only_below:
+            continue
+        attrs = {}
+        for h in heads:
+            label = predictions.at[i, h]
+            if overwrite_labels or not human[h].get(i, ""):
+                attrs[h] = label
+            attrs[PREDICTED.format(h)] = label
+            attrs[SCORE.format(h)] = f"{float(predictions.at[i, SCORE.format(h)]):.4f}"
+        values[i] = attrs
+    rank = _image_rank(frame, region_score) if least_sure_first or only_below is not None else None
+    keep = None
+    if only_below is not None:
+        keep = {frame.at[i, "filename"] for i in values}
+    declare = {a.format(h): d for h in heads for a, d in DESCRIPTIONS.items()}
+    return write_attributes(source, out, frame, values, rank=rank if least_sure_first else None,
+                            keep_images=keep, declare=declare, heads=heads)
+
+
+def write_attributes(source, out, frame: pd.DataFrame, values: dict, *, rank: dict | None = None,
+                     keep_images: set | None = None, declare: dict | None = None,
+                     heads=()) -> Path:
+    """Writes ``source`` again with region attributes set: ``values`` maps a frame index to
+    ``{attribute: label}``. Regions not in ``values`` keep what they had.
+
+    Args:
+        rank: filename -> sort key; images are written lowest first, the unranked after them in
+            file order (VIA lists images in file order).
+        keep_images: when given, only images with these filenames are written.
+        declare: attribute -> description, declared as text attributes in a VIA 2 project.
+        heads: attributes declared as text in a project when it lacks them (label attributes).
     """
     occurrence = frame.groupby(["filename", "region_id"], sort=False).cumcount()
-    labels = {(frame.at[i, "filename"], int(frame.at[i, "region_id"]), int(occurrence[i])):
-              {h: predictions.at[i, h] for h in heads} for i in predictions.index}
+    labels = {(frame.at[i, "filename"], int(frame.at[i, "region_id"]), int(occurrence[i])): v
+              for i, v in values.items()}
+    order = _Order(rank, keep_images)
     text = Path(source).read_bytes().decode("utf-8-sig")
     fmt = frame.attrs.get("format", "")
     if fmt in ("via1_csv", "via2_csv"):
-        text = _via_csv(text, labels)
+        text = _via_csv(text, labels, order)
     elif fmt == "flat_csv":
-        text = _flat_csv(text, labels, heads)
+        text = _flat_csv(text, labels, order)
     else:
-        text = _via_json(text, labels, heads)
+        definitions = {h: "" for h in heads} | dict(declare or {})
+        text = _via_json(text, labels, definitions, order)
     return artifacts.write_text(out, text)
 
 
-def _via_json(text: str, labels: dict, heads) -> str:
+def _human_values(frame: pd.DataFrame, head: str) -> dict:
+    """Index -> the label a person gave (``""``: none), as the reader encodes it."""
+    try:
+        column = head_column(frame, head)
+    except LabelError:  # the file has no such attribute yet: nothing is labelled
+        return {}
+    return frame[column].astype(str).to_dict()
+
+
+def _image_rank(frame: pd.DataFrame, region_score: dict) -> dict:
+    """Filename -> the lowest score of its classified regions."""
+    rank: dict = {}
+    for i, score in region_score.items():
+        name = frame.at[i, "filename"]
+        rank[name] = min(rank.get(name, score), score)
+    return rank
+
+
+class _Order:
+    """Which images to write, and in what order: ranked ones lowest first, then the rest."""
+
+    def __init__(self, rank: dict | None, keep: set | None):
+        self.rank, self.keep = rank, keep
+
+    def apply(self, items: list, filename_of) -> list:
+        """``items`` in file order -> the kept ones, reordered (a stable sort: ties keep order)."""
+        items = [x for x in items if self.keep is None or filename_of(x) in self.keep]
+        if self.rank is None:
+            return items
+        inf = float("inf")
+        return sorted(items, key=lambda x: self.rank.get(filename_of(x), inf))
+
+
+def _via_json(text: str, labels: dict, definitions: dict, order: _Order) -> str:
     data = _load(text)
     project = "_via_img_metadata" in data
     images = data["_via_img_metadata"] if project else data
     specs = data.get("_via_attributes") if project else None
     defined = specs.setdefault("region", {}) if isinstance(specs, dict) else None
     if isinstance(defined, dict):  # a project: VIA shows only the attributes it defines
-        for h in heads:
-            defined.setdefault(h, {"type": "text", "description": "", "default_value": ""})
+        for name, description in definitions.items():
+            defined.setdefault(name, {"type": "text", "description": description,
+                                      "default_value": ""})
     else:
         defined = {}
     seen: dict = {}
@@ -63,31 +159,43 @@ def _via_json(text: str, labels: dict, heads) -> str:
             key = _key(seen, image["filename"], i)
             if key in labels:
                 attrs = region.setdefault("region_attributes", {})
-                for h, value in labels[key].items():
-                    attrs[h] = _option_value(value, defined.get(h))
+                for name, value in labels[key].items():
+                    attrs[name] = _option_value(value, defined.get(name))
+    kept = dict(order.apply(list(images.items()), lambda kv: kv[1].get("filename")))
+    if project:
+        data["_via_img_metadata"] = kept  # same key: it keeps its place in the file
+        ids = data.get("_via_image_id_list")
+        if isinstance(ids, list):  # VIA 2.0.10+ lists images in this order
+            position = {k: n for n, k in enumerate(kept)}
+            data["_via_image_id_list"] = sorted(
+                (k for k in ids if k in position or k not in images),
+                key=lambda k: position.get(k, len(position)))
+    else:
+        data = kept
     indent = re.match(r"\s*[{\[]\s*\n([ \t]+)", text)
     dumped = json.dumps(data, ensure_ascii=False, indent=len(indent[1]) if indent else None,
                         separators=None if indent else (",", ":"))
     return dumped + "\n" * text.endswith("\n")
 
 
-def _via_csv(text: str, labels: dict) -> str:
+def _via_csv(text: str, labels: dict, order: _Order) -> str:
     """VIA's own style: 7 columns, filename and size raw, JSON cells quoted, no trailing newline."""
     records = _records(text)
-    lines, seen = [",".join(records[0][:7])], {}
+    rows, seen = [], {}
     for fields in records[1:]:
         filename, size, file_attrs, count, region_id, shape, attrs = (fields + [""] * 7)[:7]
         if _obj(shape):
             key = _key(seen, filename, int(region_id))
             if key in labels:
                 attrs = _compact(_obj(attrs) | labels[key])
-        lines.append(",".join([_raw(filename), size, _quote(file_attrs), count, region_id,
-                               _quote(shape), _quote(attrs)]))
+        rows.append((filename, ",".join([_raw(filename), size, _quote(file_attrs), count,
+                                         region_id, _quote(shape), _quote(attrs)])))
+    lines = [",".join(records[0][:7])] + [line for _, line in _grouped(rows, order)]
     return "\n".join(lines)
 
 
-def _flat_csv(text: str, labels: dict, heads) -> str:
-    """The flat CSV (``filename``, label columns, ``region_shape_attributes``), heads filled in."""
+def _flat_csv(text: str, labels: dict, order: _Order) -> str:
+    """The flat CSV (``filename``, label columns, ``region_shape_attributes``), values filled in."""
     records = _records(text)
     header = records[0]
     while len(header) > 1 and not header[-1].strip():
@@ -95,8 +203,9 @@ def _flat_csv(text: str, labels: dict, heads) -> str:
     names = [f.strip() for f in header]
     names[0] = names[0].lstrip("#").strip()
     has_cell = "region_attributes" in names
-    added = [h for h in heads if h not in names and not has_cell]
-    rows, counters, seen = [header + added], {}, {}
+    wanted = dict.fromkeys(a for v in labels.values() for a in v)
+    added = [a for a in wanted if a not in names and not has_cell]
+    rows, counters, seen = [], {}, {}
     for fields in records[1:]:
         fields = (fields + [""] * len(names))[:len(names)] + [""] * len(added)
         cells = dict(zip(names, fields))
@@ -104,16 +213,30 @@ def _flat_csv(text: str, labels: dict, heads) -> str:
         counters[filename] = counters.get(filename, -1) + 1
         if _obj(cells["region_shape_attributes"]):
             key = _key(seen, filename, int(cells.get("region_id", counters[filename])))
-            for h, value in labels.get(key, {}).items():
-                if h in names or h in added:
-                    fields[(names + added).index(h)] = value
+            for name, value in labels.get(key, {}).items():
+                if name in names or name in added:
+                    fields[(names + added).index(name)] = value
             if has_cell and key in labels:
                 fields[names.index("region_attributes")] = _compact(
                     _obj(cells["region_attributes"]) | labels[key])
-        rows.append(fields)
+        rows.append((filename, fields))
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    csv.writer(buffer, lineterminator="\n").writerows(
+        [header + added] + [f for _, f in _grouped(rows, order)])
     return buffer.getvalue() if text.endswith(("\n", "\r")) else buffer.getvalue()[:-1]
+
+
+def _grouped(rows: list, order: _Order) -> list:
+    """(filename, row) pairs with each image's rows together, images in ``order``'s order.
+
+    Left in file order when nothing reorders or drops images, so an untouched file stays the same.
+    """
+    if order.rank is None and order.keep is None:
+        return rows
+    groups: dict = {}
+    for filename, row in rows:
+        groups.setdefault(filename, []).append((filename, row))
+    return [r for _, group in order.apply(list(groups.items()), lambda kv: kv[0]) for r in group]
 
 
 def _key(seen: dict, filename: str, region_id: int) -> tuple:

@@ -126,7 +126,7 @@ def test_annotations_write_csv_and_json_and_list_skipped_regions(model_dir, data
 @pytest.mark.parametrize("variant", ["via2_csv", "via2_json", "via1_json"])
 def test_via_out_round_trip(model_dir, data, tmp_path, variant):
     source, out = data[variant], tmp_path / f"predicted{data[variant].suffix}"
-    predict("--model", model_dir, "--annotations", source, "--via-out", out,
+    predict("--model", model_dir, "--annotations", source, "--via-out", out, "--keep-order",
             "--out", tmp_path / "p.csv")
     pred = pd.read_csv(tmp_path / "p.csv").set_index(["filename", "region_id"])
     before, after = read_annotations(source), read_annotations(out)
@@ -138,8 +138,10 @@ def test_via_out_round_trip(model_dir, data, tmp_path, variant):
         key = (after["filename"][i], after["region_id"][i])
         for head in ("name", "type"):
             kept = before[head_column(before, head)][i]
-            want = pred.loc[key, head] if key in CLASSIFIED else kept
+            want = (kept or pred.loc[key, head]) if key in CLASSIFIED else kept  # human labels stay
             assert after[head_column(after, head)][i] == want, (key, head)
+            beside = pred.loc[key, head] if key in CLASSIFIED else ""
+            assert after[f"{head}_predicted"][i] == beside, (key, head)
 
     if variant == "via2_csv":  # VIA's style: only the classified rows' last cell changes
         old, new = source.read_text().split("\n"), out.read_text().split("\n")
@@ -152,6 +154,24 @@ def test_via_out_round_trip(model_dir, data, tmp_path, variant):
         assert isinstance(raw["a.png100"]["regions"], dict if variant == "via1_json" else list)
 
 
+def test_via_out_least_sure_first_only_below_and_review_sheet(model_dir, data, tmp_path):
+    out, sheet = tmp_path / "review.csv", tmp_path / "review.png"
+    done = predict("--model", model_dir, "--annotations", data["via2_csv"], "--out", tmp_path / "p.csv",
+                   "--via-out", out, "--only-below", "1", "--review-sheet", sheet)
+    pred = pd.read_csv(tmp_path / "p.csv")
+    assert {"name_second", "name_second_score", "type_second", "type_second_score"} <= set(pred.columns)
+    assert (pred["name_second_score"] <= pred["name_score"]).all() and (pred["name_second"] != pred["name"]).all()
+    lowest = pred.assign(s=pred[["name_score", "type_score"]].min(axis=1)).groupby("filename")["s"].min()
+    after = read_annotations(out)
+    assert after.attrs["images"] == lowest.sort_values(kind="stable").index.tolist()  # a, b: missing.png,
+    assert "skipped" in done.stderr  # empty.png hold nothing classified, so --only-below leaves them out
+    image = cv2.imread(str(sheet))
+    assert image is not None and image.shape[0] > 64 and image.shape[1] > 64
+    reread = predict("--model", model_dir, "--annotations", data["via2_csv"], "--via-out", tmp_path / "x.csv",
+                     "--only-below", "2", ok=False)
+    assert reread.returncode == 2 and "--only-below takes a score in (0, 1]" in reread.stderr
+
+
 def test_via_project_gets_option_ids_and_text_definitions(tmp_path):
     from cropclf.via_writer import write_via
 
@@ -162,14 +182,15 @@ def test_via_project_gets_option_ids_and_text_definitions(tmp_path):
     source = write(tmp_path, "project.json", project)
     frame = read_annotations(source)
     assert frame.attrs["format"] == "via2_project"
-    pred = pd.DataFrame({"name": ["b"], "type": ["y"]}, index=[0])
+    pred = pd.DataFrame({"name": ["b"], "name_score": [0.6], "type": ["y"], "type_score": [0.7]}, index=[0])
     write_via(source, tmp_path / "out.json", frame, pred, ["name", "type"])
     raw = json.loads((tmp_path / "out.json").read_text())
     assert raw["_via_attributes"]["region"]["name"]["type"] == "text"
     assert raw["_via_img_metadata"]["a.png100"]["regions"][0]["region_attributes"] == {
-        "name": "b", "note": "keep me", "type": "1"}  # the dropdown's option id
+        "name": "a", "note": "keep me", "type": "1",  # the human's name stays; the dropdown's option id
+        "name_predicted": "b", "name_score": "0.6000", "type_predicted": "y", "type_score": "0.7000"}
     back = read_annotations(tmp_path / "out.json")
-    assert back.loc[0, "type"] == "y" and back.loc[0, "name"] == "b"
+    assert back.loc[0, "type"] == "y" and back.loc[0, "name"] == "a" and back.loc[0, "name_predicted"] == "b"
 
 
 def test_flat_csv_gets_its_head_columns_filled(tmp_path):
@@ -178,11 +199,13 @@ def test_flat_csv_gets_its_head_columns_filled(tmp_path):
     shape = json.dumps(RECT_A).replace('"', '""')
     text = f'filename,name,region_shape_attributes\na.png,a,"{shape}"\na.png,a,"{shape}"\n'
     source = write(tmp_path, "flat.csv", text)
-    pred = pd.DataFrame({"name": ["b"], "type": ["y"]}, index=[1])  # the second region only
+    pred = pd.DataFrame({"name": ["b"], "name_score": [0.5], "type": ["y"], "type_score": [0.9]},
+                        index=[1])  # the second region only
     write_via(source, tmp_path / "out.csv", read_annotations(source), pred, ["name", "type"])
     back = read_annotations(tmp_path / "out.csv")
     assert back.attrs["format"] == "flat_csv"
-    assert back["name"].tolist() == ["a", "b"] and back["type"].tolist() == ["", "y"]
+    assert back["name"].tolist() == ["a", "a"] and back["type"].tolist() == ["", "y"]  # "a" was a person's
+    assert back["name_predicted"].tolist() == ["", "b"] and back["type_score"].tolist() == ["", "0.9000"]
 
 
 @pytest.mark.parametrize("args, received", [

@@ -1,0 +1,335 @@
+"""Where a person should look: the least-sure predictions, and the labels that are probably wrong.
+
+    least_sure_sheet(frame, predictions, heads, classifier.preprocessing, "review.png")
+    review_run("runs/demo", folds=5)  # runs/demo/review/label_issues.csv, suspects.png, VIA file
+
+Likely label mistakes are found by confident learning (Northcutt, Jiang and Chuang, "Confident
+Learning: Estimating Uncertainty in Dataset Labels", JAIR 70, 2021), written here from the paper:
+every labelled region gets out-of-sample probabilities by k-fold cross-validation over images (a
+model never scores a region it trained on); per head, class j's threshold t_j is the mean
+probability of j over the regions labelled j; a region's confident label is the most probable class
+among those whose probability reaches their threshold; a region whose confident label is not its
+given label is a suspect. Suspects are ranked by self-confidence, the probability of the given
+label, lowest first. Keras is imported only by the cross-validation, so `least_sure_sheet` serves
+from the SavedModel alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cropclf import artifacts
+from cropclf.config import Config
+from cropclf.crops import canonical_crop
+from cropclf.errors import CropclfError
+from cropclf.images import load_image
+from cropclf.labels import build_label_maps, head_column
+from cropclf.plots import contact_sheet
+
+SHEET_COUNT = 32  # crops on a contact sheet: a screenful
+REVIEW = "review"  # the region attribute that marks a suspect in the VIA file
+
+
+# --- least sure first (predictions from the SavedModel) ------------------------------------------
+
+def least_sure_sheet(frame: pd.DataFrame, predictions: pd.DataFrame, heads, preprocessing: dict, path,
+                     count: int = SHEET_COUNT) -> Path:
+    """A contact sheet of the ``count`` least-sure regions (lowest score on any head), with the
+    two best labels and their scores per head; ``predictions`` from ``predict_regions(second=True)``.
+    """
+    score = predictions[[f"{h}_score" for h in heads]].astype(float).min(axis=1) if len(predictions) else []
+    chosen = list(pd.Series(score, index=predictions.index).sort_values(kind="stable").index[:count])
+    crops, captions, images = {}, {}, {}
+    for i in chosen:
+        p = frame.at[i, "path"]
+        if p not in images:
+            images = {p: load_image(p)}  # chosen regions are few: keep one image decoded at a time
+        box = [float(frame.at[i, c]) for c in ("x", "y", "width", "height")]
+        crops[i] = canonical_crop(images[p], box, tuple(preprocessing["image_size"]), preprocessing["margin"],
+                                  preprocessing.get("resize", "stretch"), preprocessing.get("pad_value", 0))
+        r = predictions.loc[i]
+        captions[i] = [line for h in heads for line in (
+            f"{h}: {r[h]} {float(r[f'{h}_score']):.2f}",
+            f"  or {r[f'{h}_second']} {float(r[f'{h}_second_score']):.2f}")]
+    contact_sheet([crops[i] for i in chosen], [captions[i] for i in chosen], path,
+                  title=f"{len(chosen)} least-sure of {len(predictions)} regions, least sure first "
+                        "(best label, then runner-up)")
+    return Path(path)
+
+
+# --- confident learning --------------------------------------------------------------------------
+
+def confident_learning(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Confident learning's suspects for one head.
+
+    Args:
+        probs: ``[n, k]`` out-of-sample probabilities.
+        given: ``[n]`` the given class ids.
+
+    Returns:
+        ``(suspect, confident, self_confidence)``: whether each region is a suspect, its confident
+        label (-1 where no class reaches its threshold) and the probability of its given label.
+    """
+    probs, given = np.asarray(probs, np.float64), np.asarray(given, np.int64)
+    n, k = probs.shape
+    thresholds = np.full(k, np.inf)  # a class nobody labelled is never confidently suggested
+    for j in range(k):
+        if (given == j).any():
+            thresholds[j] = probs[given == j, j].mean()
+    above = probs >= thresholds
+    confident = np.where(above.any(axis=1), np.where(above, probs, -1.0).argmax(axis=1), -1)
+    self_confidence = probs[np.arange(n), given]
+    return (confident >= 0) & (confident != given), confident, self_confidence
+
+
+def top_n_hits(ranked, truth: set, n: int) -> dict:
+    """Precision and recall of ``truth`` among the first ``n`` of ``ranked`` (which may be shorter)."""
+    top = list(ranked)[:n]
+    hits = len(set(top) & truth)
+    return {"n": n, "listed": len(top), "hits": hits, "precision": hits / len(top) if top else 0.0,
+            "recall": hits / n if n else 1.0}
+
+
+# --- a run's labelled regions, scored out of sample ----------------------------------------------
+
+def review_run(run_dir, folds: int = 5, out_dir=None, simulate_noise: float | None = None, noise_seed: int = 0,
+               baseline: bool = True, log=print, verbose: int | None = None) -> dict:
+    """Finds the labelled regions of a run's data whose label the model finds unlikely.
+
+    Trains ``folds`` models with the run's config (its epochs included), each on all images but
+    one fold's, and scores the held-out fold: out-of-sample probabilities for every region labelled
+    for every head. Writes to ``out_dir`` (default ``RUN/review``): ``label_issues.csv`` (ranked,
+    lowest self-confidence first), ``suspects.png`` (the top suspects, given -> suggested) and the
+    annotation file again, in its own format, with a ``review`` region attribute on each suspect and
+    the images holding suspects first.
+
+    With ``simulate_noise`` (a fraction), first flips that fraction of each head's labels (seeded by
+    ``noise_seed``), then measures how many flipped regions the review finds among its top N
+    suspects (N: the number flipped), next to ranking by an in-sample model's probability of the
+    given label (``baseline``); writes ``measurement.json`` instead of the VIA file (default folder
+    ``RUN/review_simulated``).
+
+    Raises:
+        CropclfError: ``run_dir`` holds no config.json, or there are fewer images than folds.
+    """
+    from cropclf.dataset import annotations_path, load_frame, prepare
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise CropclfError(f"{run_dir} holds no config.json: is it a run directory of scripts/train.py? "
+                           f"Received: --run {run_dir}")
+    if folds < 2:
+        raise CropclfError(f"--folds must be >= 2 (each region is scored by a model that never saw it). "
+                           f"Received: {folds}")
+    cfg = Config.from_file(run_dir / "config.json")
+    heads = list(cfg.data.heads)
+    out_dir = Path(out_dir) if out_dir else run_dir / ("review_simulated" if simulate_noise else "review")
+    source = annotations_path(cfg, log)
+    frame = load_frame(cfg, log)
+    maps = build_label_maps(frame, heads)  # today's labels: the run's may predate corrections
+    data = prepare(cfg, maps, dict.fromkeys(frame["path"], "train"), log=log, frame=frame)
+    try:
+        from cropclf.training import _check_images
+
+        _check_images(cfg, data, log)  # missing images stop a review as they stop training
+        used = _usable(frame, maps, cfg, data.store)
+        flipped: dict = {}
+        if simulate_noise:
+            frame, flipped = flip_labels(frame, used, heads, simulate_noise, noise_seed)
+        given = {h: maps[h].encode(frame.loc[used, head_column(frame, h)].astype(str).tolist()) for h in heads}
+        fold_of = _folds(frame.loc[used, "path"], folds, cfg.train.seed)
+        probs = {h: np.zeros((len(used), len(maps[h])), np.float32) for h in heads}
+        for f in range(folds):
+            held = fold_of == f
+            log(f"fold {f + 1}/{folds}: training on {int((~held).sum())} regions, scoring {int(held.sum())} "
+                f"held out ({cfg.train.epochs} epochs)")
+            p = _fit_predict(cfg, maps, data.store, frame.loc[used[~held]], frame.loc[used[held]],
+                             cfg.train.seed + f, verbose)
+            for h in heads:
+                probs[h][held] = p[h]
+        issues = _issues(frame, used, heads, maps, probs, given, flipped)
+        artifacts.write_text(out_dir / "label_issues.csv", issues.to_csv(index=False, lineterminator="\n"))
+        _suspect_sheet(frame, maps, data.store, cfg, issues, out_dir / "suspects.png")
+        result = {"run": str(run_dir), "folds": folds, "regions": len(used), "suspects": len(issues),
+                  "per_head": {h: int((issues["head"] == h).sum()) for h in heads}}
+        if simulate_noise:
+            in_sample = None
+            if baseline:
+                log(f"baseline: one model trained on all {len(used)} regions, scoring them in sample")
+                in_sample = _fit_predict(cfg, maps, data.store, frame.loc[used], frame.loc[used],
+                                         cfg.train.seed, verbose)
+            result["measurement"] = measure(used, heads, probs, in_sample, given, flipped, issues)
+            result["measurement"].update(noise=simulate_noise, noise_seed=noise_seed)
+            artifacts.write_json(out_dir / "measurement.json", result)
+            log(format_measurement(result["measurement"]))
+        else:
+            result["via"] = str(_write_review_via(source, cfg, issues, out_dir))
+    finally:
+        data.store.close()
+    log(f"{len(issues)} suspect label(s) among {len(used)} regions; wrote {out_dir}/label_issues.csv, suspects.png"
+        + (f" and {Path(result['via']).name}" if "via" in result else ", measurement.json"))
+    return result
+
+
+def flip_labels(frame: pd.DataFrame, index, heads, fraction: float, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """A copy of ``frame`` with ``fraction`` of each head's labels (among ``index``) changed to
+    another class present there, chosen at random (owned RNG). Returns it and head -> flipped index set.
+    """
+    rng = np.random.default_rng([seed, 13])
+    frame, flipped = frame.copy(), {}
+    for h in heads:
+        column = head_column(frame, h)
+        classes = sorted(set(frame.loc[index, column].astype(str)))
+        if len(classes) < 2:
+            raise CropclfError(f"head '{h}': one class only, nothing to flip a label to. Received: {classes}")
+        chosen = rng.choice(np.asarray(index), int(round(fraction * len(index))), replace=False)
+        for i in chosen:
+            others = [c for c in classes if c != frame.at[i, column]]
+            frame.at[i, column] = others[int(rng.integers(len(others)))]
+        flipped[h] = set(chosen.tolist())
+    return frame, flipped
+
+
+def measure(used, heads, probs: dict, in_sample: dict | None, given: dict, flipped: dict,
+            issues: pd.DataFrame) -> dict:
+    """Per head, precision and recall of the flipped regions among the top-N (N: the number flipped)
+    of: confident learning's suspects; all regions by out-of-sample self-confidence; and (baseline)
+    all regions by an in-sample model's probability of the given label."""
+    out = {}
+    used = np.asarray(used)
+    for h in heads:
+        truth, n = flipped[h], len(flipped[h])
+        ranked = issues.loc[issues["head"] == h, "index"].tolist()
+        rows = np.arange(len(used))
+        oos = probs[h][rows, given[h]]
+        out[h] = {"flipped": n, "confident_learning": top_n_hits(ranked, truth, n),
+                  "out_of_sample_rank": top_n_hits(used[np.argsort(oos, kind="stable")], truth, n)}
+        if in_sample is not None:
+            ins = in_sample[h][rows, given[h]]
+            out[h]["in_sample_baseline"] = top_n_hits(used[np.argsort(ins, kind="stable")], truth, n)
+    return out
+
+
+def format_measurement(m: dict) -> str:
+    lines = [f"{'head':<10}{'flipped':>8}  {'ranking':<40}{'listed':>7}{'precision':>10}{'recall':>8}"]
+    names = {"confident_learning": "confident learning (out of sample)",
+             "out_of_sample_rank": "out-of-sample p(given), lowest first",
+             "in_sample_baseline": "baseline: in-sample p(given)"}
+    for h, r in m.items():
+        if not isinstance(r, dict):
+            continue
+        for key, name in names.items():
+            if key in r:
+                s = r[key]
+                lines.append(f"{h:<10}{r['flipped']:>8}  {name:<40}{s['listed']:>7}{s['precision']:>10.3f}"
+                             f"{s['recall']:>8.3f}")
+    return "\n".join(lines)
+
+
+# --- the pieces ----------------------------------------------------------------------------------
+
+def _usable(frame, maps, cfg, store) -> np.ndarray:
+    """Index of the regions a model can train on: croppable and labelled for every head."""
+    from cropclf.sequence import CropSequence
+
+    return np.asarray(CropSequence(frame, maps, cfg.train.batch_size, cfg.crop, False, store=store).index)
+
+
+def _folds(paths: pd.Series, k: int, seed: int) -> np.ndarray:
+    """Fold number per region: images shuffled (owned RNG) and dealt out, so no image spans two folds."""
+    images = sorted(set(paths))
+    if len(images) < k:
+        raise CropclfError(f"{k} folds need at least {k} images with labelled regions. Received: {len(images)}")
+    order = np.random.default_rng([seed, 17]).permutation(len(images))
+    fold = {images[j]: n % k for n, j in enumerate(order)}
+    return paths.map(fold).to_numpy()
+
+
+def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, verbose) -> dict:
+    """A model trained as the run was (its config and epochs, no validation split), then scoring."""
+    import keras
+
+    from cropclf.model import build_model, compile_model, output_name
+    from cropclf.sequence import CropSequence
+    from cropclf.training import _set_precision
+
+    _set_precision(cfg)
+    kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing)
+    weights = _balanced(train_frame, maps) if cfg.train.class_weight == "balanced" else None
+    train_seq = CropSequence(train_frame, maps, cfg.train.batch_size, cfg.crop, cfg.augment, seed=seed,
+                             store=store, class_weights=weights, **kw)
+    keras.utils.set_random_seed(seed)  # weights and dropout, as training does; data has its own RNGs
+    model = compile_model(build_model(cfg.model, cfg.crop.image_size, {h: len(m) for h, m in maps.items()}, seed),
+                          cfg.train.learning_rate)
+    if verbose is None:
+        verbose = 2 if os.environ.get("CROPCLF_QUIET") is not None else 1
+    model.fit(train_seq, epochs=cfg.train.epochs, shuffle=False, verbose=verbose, callbacks=[
+        keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=cfg.train.reduce_lr)])
+    score_seq = CropSequence(score_frame, maps, cfg.train.batch_size, cfg.crop, False, store=store, **kw)
+    probs = model.predict(score_seq, verbose=0)
+    keras.backend.clear_session()
+    return {h: np.asarray(probs[output_name(h)], np.float32) for h in maps}
+
+
+def _balanced(frame, maps) -> dict:
+    """Per head, ``n / (k * n_c)``: the run's ``class_weight = "balanced"``."""
+    from cropclf.labels import encode_heads
+
+    out = {}
+    for h, ids in encode_heads(frame, maps).items():
+        counts = np.bincount(ids[ids >= 0], minlength=len(maps[h])).astype(np.float64)
+        w = np.ones_like(counts)
+        w[counts > 0] = counts.sum() / ((counts > 0).sum() * counts[counts > 0])
+        out[h] = w.astype(np.float32)
+    return out
+
+
+def _issues(frame, used, heads, maps, probs, given, flipped) -> pd.DataFrame:
+    rows = []
+    for h in heads:
+        suspect, confident, self_conf = confident_learning(probs[h], given[h])
+        for k in np.flatnonzero(suspect):
+            i = used[k]
+            rows.append({"file": frame.at[i, "filename"], "row": frame.at[i, "row"],
+                         "region_id": int(frame.at[i, "region_id"]), "head": h,
+                         "given": maps[h].classes[given[h][k]], "suggested": maps[h].classes[confident[k]],
+                         "score": round(float(self_conf[k]), 6),
+                         "suggested_score": round(float(probs[h][k, confident[k]]), 6), "index": int(i),
+                         **({"flipped": i in flipped[h]} if flipped else {})})
+    columns = ["file", "row", "region_id", "head", "given", "suggested", "score", "suggested_score", "index"]
+    issues = pd.DataFrame(rows, columns=columns + (["flipped"] if flipped else []))
+    return issues.sort_values(["score", "head"], kind="stable").reset_index(drop=True)
+
+
+def _suspect_sheet(frame, maps, store, cfg, issues, path, count: int = SHEET_COUNT) -> None:
+    from cropclf.sequence import CropSequence
+
+    top, crops = issues.head(count), []
+    if len(top):
+        seq = CropSequence(frame.loc[top["index"].unique()], maps, 1, cfg.crop, False, store=store)
+        position = {label: k for k, label in enumerate(seq.index)}
+        crops = list(seq.crops([position[i] for i in top["index"]]).astype(np.uint8))
+    captions = [[f"{r.head}: {r.given}", f"-> {r.suggested}", f"p(given) {r.score:.2f}"] for r in top.itertuples()]
+    contact_sheet(crops, captions, path,
+                  title=f"{len(top)} of {len(issues)} suspect labels, least likely first (given -> suggested)")
+
+
+def _write_review_via(source, cfg, issues: pd.DataFrame, out_dir: Path) -> Path:
+    """The annotation file again with ``review`` on each suspect; images holding suspects first."""
+    from cropclf.annotations import read_annotations
+    from cropclf.via_writer import write_attributes
+
+    frame = read_annotations(source, cfg.data.images, allow_outside_root=cfg.data.allow_outside_root)
+    values, rank = {}, {}
+    for r in issues.itertuples():  # lowest score first: the first note on a region is its worst
+        note = f"{r.head}: {r.given} -> {r.suggested}? (p {r.score:.2f})"
+        old = values.get(r.index, {}).get(REVIEW)
+        values[r.index] = {REVIEW: f"{old}; {note}" if old else note}
+        rank[r.file] = min(rank.get(r.file, r.score), r.score)
+    out = out_dir / f"{Path(source).stem}_review{Path(source).suffix}"
+    return write_attributes(source, out, frame, values, rank=rank, declare={
+        REVIEW: "cropclf review: this label looks wrong (given -> suggested, p of the given label)"})
