@@ -109,10 +109,10 @@ def export_saved_model(model: keras.Model, label_maps: dict[str, LabelMap], cfg:
 
 def crop_in_graph(image, box, out_hw, margin: float, mode: str, pad_value: int):
     """Margin, whole-pixel window, cut with padding, area resize: `canonical_crop` in TensorFlow."""
-    x, y, w, h = box[0], box[1], box[2], box[3]
+    # float64 from the start, as `expand_box` computes: the margin box in float32 rounds differently,
+    # and its floor/ceil can then give a window one pixel wider than numpy's (tens of grey levels)
+    x, y, w, h = (tf.clip_by_value(tf.cast(box[i], tf.float64), -1e8, 1e8) for i in range(4))
     bx, by, bw, bh = x - margin * w, y - margin * h, w * (1 + 2 * margin), h * (1 + 2 * margin)
-    # float64 keeps floor/ceil identical to numpy's for coordinates like 12.999999
-    bx, by, bw, bh = (tf.clip_by_value(tf.cast(v, tf.float64), -1e8, 1e8) for v in (bx, by, bw, bh))
     x0, y0 = tf.cast(tf.floor(bx), tf.int32), tf.cast(tf.floor(by), tf.int32)
     x1 = tf.maximum(tf.cast(tf.math.ceil(bx + bw), tf.int32), x0 + 1)
     y1 = tf.maximum(tf.cast(tf.math.ceil(by + bh), tf.int32), y0 + 1)
