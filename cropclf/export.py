@@ -291,11 +291,11 @@ def resize_to_output(images, src_h, src_w, out_hw, mode: str, pad_value: int):
 
 
 def decode_oriented(image_bytes):
-    """Decodes JPEG/PNG/BMP/GIF bytes to uint8 RGB and applies the EXIF orientation tag, if any."""
+    """Decodes JPEG/PNG/WebP/BMP/GIF bytes to uint8 RGB and applies the EXIF orientation as OpenCV does."""
     image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     orientation = exif_orientation(image_bytes)
     branches = [
-        lambda: image,  # 0: no tag
+        lambda: image,  # 0: no tag, or not 1-8 (OpenCV ignores those)
         lambda: image,  # 1: upright
         lambda: tf.image.flip_left_right(image),  # 2
         lambda: tf.image.rot90(image, 2),  # 3
@@ -305,32 +305,90 @@ def decode_oriented(image_bytes):
         lambda: tf.image.rot90(tf.transpose(image, [1, 0, 2]), 2),  # 7: transverse
         lambda: tf.image.rot90(image, 1),  # 8: rotate 90 counter-clockwise
     ]
-    return tf.switch_case(tf.clip_by_value(orientation, 0, 8), branches)
+    return tf.switch_case(orientation, branches)
 
+
+# Where OpenCV finds the EXIF block (checked in tests/test_exif.py): a JPEG's first APP1 segment that
+# starts with "Exif\0\0" (before the scan), a PNG's eXIf chunk (before or after the image data), a
+# WebP's EXIF chunk. Each container is walked segment by segment, so image data is never taken for
+# a header; the block is a TIFF structure whose first directory may hold the Orientation tag.
 
 def exif_orientation(image_bytes):
-    """The EXIF Orientation tag (1-8) of a JPEG, or 0 when there is none, read with string ops."""
-    head = tf.strings.substr(image_bytes, 0, 65536)
-    parts = tf.strings.split(head, sep=b"Exif\x00\x00", maxsplit=1)
-    found = tf.logical_and(tf.size(parts) == 2, tf.strings.substr(head, 0, 2) == b"\xff\xd8")
+    """The EXIF Orientation tag (1-8) of a JPEG, PNG or WebP, or 0 (none, or a value OpenCV ignores)."""
+    data = tf.convert_to_tensor(image_bytes, tf.string)
+    size = tf.cast(tf.strings.length(data), tf.int64)
 
-    def read():
-        tiff = tf.io.decode_raw(parts[1], tf.uint8)
-        tiff = tf.concat([tf.cast(tiff, tf.int32), tf.zeros([1024], tf.int32)], 0)  # room for short files
-        little = tf.logical_and(tiff[0] == 73, tiff[1] == 73)  # "II"
+    def text(pos, n):
+        pos = tf.clip_by_value(tf.cast(pos, tf.int64), 0, size)
+        return tf.strings.substr(data, pos, tf.constant(n, tf.int64))
 
-        def u16(i):
-            return tf.where(little, tiff[i] + 256 * tiff[i + 1], 256 * tiff[i] + tiff[i + 1])
+    def u8(pos, n: int):
+        raw = tf.cast(tf.io.decode_raw(text(pos, n), tf.uint8), tf.int64)
+        return tf.ensure_shape(tf.pad(raw, [[0, n - tf.shape(raw, out_type=tf.int64)[0]]]), [n])
 
-        def u32(i):
-            return tf.where(little, u16(i) + 65536 * u16(i + 2), 65536 * u16(i) + u16(i + 2))
+    def walk(start, step):
+        """Follows ``step(pos) -> (next_pos, tiff_offset or -1, stop)`` from ``start``; -1 if not found."""
+        def body(pos, found, done):
+            nxt, hit, stop = step(pos)
+            stop = tf.logical_or(stop, pos + 8 > size)
+            return nxt, tf.where(stop, tf.constant(-1, tf.int64), hit), tf.logical_or(stop, hit >= 0)
+        _, found, _ = tf.while_loop(lambda pos, found, done: tf.logical_not(done), body,
+                                    [tf.constant(start, tf.int64), tf.constant(-1, tf.int64), tf.constant(False)])
+        return found
 
-        ifd = tf.clip_by_value(u32(4), 0, tf.shape(tiff)[0] - 1024)
-        count = tf.clip_by_value(u16(ifd), 0, 64)
-        starts = ifd + 2 + 12 * tf.range(count)
-        lo, hi = tf.gather(tiff, starts), tf.gather(tiff, starts + 1)
-        tags = tf.where(little, lo + 256 * hi, 256 * lo + hi)
-        hit = tf.where(tf.equal(tags, 0x0112))[:, 0]
-        return tf.cond(tf.size(hit) > 0, lambda: u16(tf.gather(starts, hit[0]) + 8), lambda: 0)
+    def jpeg_step(pos):
+        b = u8(pos, 4)
+        fill = tf.equal(b[1], 0xFF)
+        standalone = tf.logical_or(tf.equal(b[1], 0x01), tf.logical_and(b[1] >= 0xD0, b[1] <= 0xD7))
+        length = 256 * b[2] + b[3]
+        exif = tf.logical_and(tf.equal(b[1], 0xE1), tf.equal(text(pos + 4, 6), b"Exif\x00\x00"))
+        stop = tf.reduce_any([tf.not_equal(b[0], 0xFF), tf.equal(b[1], 0xDA), tf.equal(b[1], 0xD9),
+                              tf.logical_and(tf.logical_not(tf.logical_or(fill, standalone)), length < 2)])
+        nxt = tf.where(fill, pos + 1, tf.where(standalone, pos + 2, pos + 2 + length))
+        return nxt, tf.where(exif, pos + 10, tf.constant(-1, tf.int64)), stop
 
-    return tf.cond(found, read, lambda: 0)
+    def png_step(pos):
+        b = u8(pos, 4)
+        length = ((b[0] * 256 + b[1]) * 256 + b[2]) * 256 + b[3]
+        kind = text(pos + 4, 4)
+        return (pos + 12 + length, tf.where(tf.equal(kind, b"eXIf"), pos + 8, tf.constant(-1, tf.int64)),
+                tf.equal(kind, b"IEND"))
+
+    def webp_step(pos):
+        b = u8(pos + 4, 4)
+        length = ((b[3] * 256 + b[2]) * 256 + b[1]) * 256 + b[0]
+        found = tf.where(tf.equal(text(pos, 4), b"EXIF"), pos + 8, tf.constant(-1, tf.int64))
+        return pos + 8 + length + length % 2, found, tf.constant(False)
+
+    is_jpeg = tf.equal(text(0, 2), b"\xff\xd8")
+    is_png = tf.equal(text(0, 8), b"\x89PNG\r\n\x1a\n")
+    is_webp = tf.logical_and(tf.equal(text(0, 4), b"RIFF"), tf.equal(text(8, 4), b"WEBP"))
+    tiff = tf.case([(is_jpeg, lambda: walk(2, jpeg_step)), (is_png, lambda: walk(8, png_step)),
+                    (is_webp, lambda: walk(12, webp_step))], default=lambda: tf.constant(-1, tf.int64))
+    return tf.cond(tiff >= 0, lambda: _tiff_orientation(u8, tiff), lambda: tf.constant(0, tf.int32))
+
+
+def _tiff_orientation(u8, tiff):
+    """Reads tag 0x0112 from the first directory of the TIFF structure at byte ``tiff``; 0 unless 1-8."""
+    head = u8(tiff, 8)
+    little = tf.logical_and(tf.equal(head[0], 73), tf.equal(head[1], 73))  # "II", else "MM"
+    big = tf.logical_and(tf.equal(head[0], 77), tf.equal(head[1], 77))
+
+    def u16(b, i):
+        return tf.where(little, b[i] + 256 * b[i + 1], 256 * b[i] + b[i + 1])
+
+    def u32(b, i):
+        return tf.where(little, u16(b, i) + 65536 * u16(b, i + 2), 65536 * u16(b, i) + u16(b, i + 2))
+
+    valid = tf.logical_and(tf.logical_or(little, big), tf.equal(u16(head, 2), 42))
+    ifd = tiff + u32(head, 4)
+    entries = u8(ifd, 2 + 12 * 64)  # OpenCV's own reader has no such bound; 64 tags is plenty for IFD0
+    count = tf.minimum(u16(entries, 0), 64)
+    starts = 2 + 12 * tf.range(count)
+    tags = tf.where(little, tf.gather(entries, starts) + 256 * tf.gather(entries, starts + 1),
+                    256 * tf.gather(entries, starts) + tf.gather(entries, starts + 1))
+    hit = tf.where(tf.equal(tags, 0x0112))[:, 0]
+    value = tf.cond(tf.size(hit) > 0, lambda: u16(entries, tf.gather(starts, hit[0]) + 8),
+                    lambda: tf.constant(0, tf.int64))
+    ok = tf.logical_and(valid, tf.logical_and(value >= 1, value <= 8))
+    return tf.cast(tf.where(ok, value, 0), tf.int32)
