@@ -292,7 +292,11 @@ def resize_to_output(images, src_h, src_w, out_hw, mode: str, pad_value: int):
 
 def decode_oriented(image_bytes):
     """Decodes JPEG/PNG/WebP/BMP/GIF bytes to uint8 RGB and applies the EXIF orientation as OpenCV does."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    # TensorFlow's default JPEG IDCT (the fast integer one) is off by up to 255 grey levels on sharp
+    # black-and-white edges; the accurate one gives OpenCV's pixels exactly (tests/test_exif.py)
+    image = tf.cond(tf.equal(tf.strings.substr(image_bytes, 0, 2), b"\xff\xd8"),
+                    lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
+                    lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
     orientation = exif_orientation(image_bytes)
     branches = [
         lambda: image,  # 0: no tag, or not 1-8 (OpenCV ignores those)

@@ -19,13 +19,13 @@ from cropclf.export import decode_oriented, exif_orientation
 
 STORED_HW = (24, 40)  # as stored; orientations 5-8 show it as 40x24
 LOSSLESS = {"PNG": {}, "WEBP": {"lossless": True}}
-JPEG_TOLERANCE = 32  # TensorFlow's and OpenCV's JPEG decoders differ by up to ~15 grey levels here
 
 
 def stored_image(seed=0):
+    """Black, white and saturated-colour cells of 4x4 pixels."""
     rng = np.random.default_rng(seed)
     cells = rng.integers(0, 2, (STORED_HW[0] // 4, STORED_HW[1] // 4, 3)).astype(np.uint8) * 255
-    return cells.repeat(4, 0).repeat(4, 1)  # 4x4 cells survive JPEG at quality 100 nearly intact
+    return cells.repeat(4, 0).repeat(4, 1)
 
 
 def encode(image, fmt: str, orientation: int | None, exif_prefix: bytes = b"") -> bytes:
@@ -49,15 +49,10 @@ def in_graph(data):
     return decode_oriented(data)
 
 
-def assert_same_pixels(got, want, fmt):
-    """Lossless formats: identical. JPEG: the same black and white cells (TensorFlow's and OpenCV's
-    libjpeg builds differ by up to ~15 grey levels on these edges; a wrong turn differs by 255)."""
+def assert_same_pixels(got, want):
+    """Identical, JPEG included: decoded with the accurate IDCT, TensorFlow gives OpenCV's pixels."""
     assert got.shape == want.shape
-    if fmt == "JPEG":
-        np.testing.assert_array_equal(got > 127, want > 127)
-        assert np.abs(got.astype(int) - want.astype(int)).max() <= JPEG_TOLERANCE
-    else:
-        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -67,7 +62,7 @@ def test_in_graph_decode_turns_every_orientation_as_opencv(fmt, orientation):
     want = opencv(data)
     if orientation in (5, 6, 7, 8):
         assert want.shape[:2] == STORED_HW[::-1]  # OpenCV did turn it: the test means something
-    assert_same_pixels(in_graph(tf.constant(data)).numpy(), want, fmt)
+    assert_same_pixels(in_graph(tf.constant(data)).numpy(), want)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -76,7 +71,7 @@ def test_invalid_orientation_is_ignored_as_opencv_ignores_it(fmt, orientation):
     data = encode(stored_image(), fmt, orientation)
     assert opencv(data).shape[:2] == STORED_HW
     assert int(exif_orientation(tf.constant(data))) == 0
-    assert_same_pixels(in_graph(tf.constant(data)).numpy(), opencv(data), fmt)
+    assert_same_pixels(in_graph(tf.constant(data)).numpy(), opencv(data))
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -109,7 +104,7 @@ def test_where_the_exif_block_may_be(case):
         else:  # a comment holding the text "Exif\0\0" and a fake block saying 3, before the real one
             extra = _jpeg_segment(0xFE, b"Exif\x00\x00" + _exif_block(3))
         data = jpeg[:2] + extra + jpeg[2:]
-    assert_same_pixels(in_graph(tf.constant(data)).numpy(), opencv(data), "JPEG" if "jpeg" in case else "PNG")
+    assert_same_pixels(in_graph(tf.constant(data)).numpy(), opencv(data))
 
 
 def test_gif_and_bmp_have_no_orientation():
@@ -135,7 +130,7 @@ def test_classify_jpeg_serves_every_orientation_upright(tmp_path):
 
     out_hw = (20, 28)
     sig = tf.saved_model.load(str(export_pixel_model(tmp_path / "sm", out_hw, 0.1))).signatures["classify_jpeg"]
-    cases = [(fmt, o) for fmt in ("JPEG", "PNG", "WEBP") for o in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
+    cases = [("JPEG", o) for o in range(1, 10)] + [(fmt, o) for fmt in ("PNG", "WEBP") for o in (2, 7)]
     for fmt, orientation in cases:
         data = encode(stored_image(orientation), fmt, orientation)
         upright = opencv(data)
@@ -144,4 +139,4 @@ def test_classify_jpeg_serves_every_orientation_upright(tmp_path):
         got = served_crops(sig, out_hw, image_bytes=tf.constant(data), boxes=tf.constant(boxes))
         want = np.stack([canonical_crop(upright, b, out_hw, 0.1) for b in boxes])
         worst = np.abs(got.astype(int) - want.astype(int)).max()
-        assert worst <= (JPEG_TOLERANCE if fmt == "JPEG" else 1), (fmt, orientation, worst)
+        assert worst <= 1, (fmt, orientation, worst)  # the resize may round differently
