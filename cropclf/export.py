@@ -201,7 +201,8 @@ def _numbered(versions: Path) -> list[int]:
 
 def _remove_leftovers(out_dir: Path, versions: Path) -> None:
     """Removes the temporary folders and links of exports that were killed (their process is gone)."""
-    for path in [*versions.glob(".tmp-*"), *versions.glob(".legacy-*"), *out_dir.parent.glob(f".{out_dir.name}.link-*")]:
+    links = out_dir.parent.glob(f".{out_dir.name}.link-*")
+    for path in [*versions.glob(".tmp-*"), *versions.glob(".legacy-*"), *links]:
         pid = path.name.split("-")[-2] if path.name.startswith(".tmp-") else path.name.split("-")[-1]
         if pid.isdigit() and not _alive(int(pid)):
             _remove(path)

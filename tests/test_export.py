@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +150,7 @@ def test_failed_export_leaves_previous_intact(trained_run, tmp_path, monkeypatch
 
 
 def test_saved_model_cli_lists_signatures(trained_run):
-    cli = REPO / ".venv" / "bin" / "saved_model_cli"
+    cli = Path(sys.executable).parent / "saved_model_cli"  # beside the interpreter running the tests
     exe = str(cli) if cli.exists() else "saved_model_cli"
     done = subprocess.run([exe, "show", "--dir", str(trained_run / "saved_model"), "--all"],
                           capture_output=True, text=True, timeout=300)

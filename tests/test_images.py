@@ -79,7 +79,8 @@ def test_limits_beyond_2_to_the_31_do_not_overflow_opencv(big_png, tmp_path, val
 
 def test_a_lower_opencv_limit_set_by_cv2_imported_first_gets_a_clear_message(big_png, tmp_path):
     """cv2 imported before cropclf has already read its limit: say so instead of 'cannot decode'."""
-    out = _run("import cv2  # before cropclf: OpenCV keeps its 1,000-pixel limit\n" + textwrap.dedent(LOAD), {"OPENCV_IO_MAX_IMAGE_PIXELS": "1000", "CROPCLF_MAX_PIXELS": "20000"}, tmp_path)
+    code = "import cv2  # before cropclf: OpenCV keeps its 1,000-pixel limit\n" + textwrap.dedent(LOAD)
+    out = _run(code, {"OPENCV_IO_MAX_IMAGE_PIXELS": "1000", "CROPCLF_MAX_PIXELS": "20000"}, tmp_path)
     assert out["shape"] is None
     assert "OpenCV's own pixel limit" in out["error"] and "OPENCV_IO_MAX_IMAGE_PIXELS=20000" in out["error"]
 
