@@ -4,6 +4,21 @@ import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones home on import otherwise
 
+
+def _raise_opencv_pixel_limit() -> None:
+    """Lifts OpenCV's own pixel limit to at least ``CROPCLF_MAX_PIXELS`` (see `cropclf.images`).
+
+    OpenCV refuses images over ``OPENCV_IO_MAX_IMAGE_PIXELS`` (default 2^30), which it reads once,
+    when cv2 is imported, so this runs here, before any cropclf module imports cv2.
+    """
+    ours = os.environ.get("CROPCLF_MAX_PIXELS", "").strip()
+    theirs = os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", "").strip()
+    if ours.isdigit() and int(ours) > (int(theirs) if theirs.isdigit() else 1 << 30):
+        os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = ours
+
+
+_raise_opencv_pixel_limit()
+
 __version__ = "0.1.0"
 
 from cropclf.annotations import read_annotations  # noqa: E402

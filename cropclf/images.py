@@ -13,9 +13,18 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cropclf.errors import ImageError
+from cropclf.errors import ConfigError, ImageError
 
-MAX_PIXELS = int(os.environ.get("CROPCLF_MAX_PIXELS", 200_000_000))  # ~14k x 14k
+
+def _pixel_limit() -> int:
+    """``CROPCLF_MAX_PIXELS`` (default 200 million, ~14k x 14k); cropclf/__init__.py lifts OpenCV's own to it."""
+    text = os.environ.get("CROPCLF_MAX_PIXELS", "200000000").strip()
+    if not text.isdigit() or int(text) == 0:
+        raise ConfigError(f"CROPCLF_MAX_PIXELS must be a positive whole number of pixels. Received: {text!r}")
+    return int(text)
+
+
+MAX_PIXELS = _pixel_limit()
 _ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -63,7 +72,15 @@ def load_image(path, probed: bool = False) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.uint8)
         image = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
-    except (OSError, cv2.error) as e:
+    except cv2.error as e:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(e):  # cv2 was imported before cropclf raised OpenCV's limit
+            raise ImageError(f"{path}: OpenCV's own pixel limit refused this image, which CROPCLF_MAX_PIXELS="
+                             f"{MAX_PIXELS:,} allows. OpenCV reads its limit once, when cv2 is first imported: "
+                             f"set OPENCV_IO_MAX_IMAGE_PIXELS={MAX_PIXELS} before starting Python, or import "
+                             f"cropclf before cv2. Received: {_first_bytes(path)}") from None
+        raise ImageError(f"{path}: cannot decode this file ({_cv2_reason(e)}); replace or remove it. "
+                         f"Received: {_first_bytes(path)}") from None
+    except OSError as e:
         reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[-1][:120]
         raise ImageError(f"{path}: cannot decode this file ({reason}); replace or remove it. "
                          f"Received: {_first_bytes(path)}") from None
@@ -71,6 +88,10 @@ def load_image(path, probed: bool = False) -> np.ndarray:
         raise ImageError(f"{path}: OpenCV cannot decode this file; replace or remove it. "
                          f"Received: {_first_bytes(path)}")
     return image
+
+
+def _cv2_reason(e: cv2.error) -> str:
+    return str(e).strip().splitlines()[-1][:120]
 
 
 def _stored_size(im: Image.Image) -> tuple[int, int]:

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import cv2
 import keras
@@ -10,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ def test_failed_export_leaves_previous_intact(trained_run, tmp_path, monkeypatch
 
 
 def test_saved_model_cli_lists_signatures(trained_run):
-    cli = REPO / ".venv" / "bin" / "saved_model_cli"
+    cli = Path(sys.executable).parent / "saved_model_cli"  # beside the interpreter running the tests
     exe = str(cli) if cli.exists() else "saved_model_cli"
     done = subprocess.run([exe, "show", "--dir", str(trained_run / "saved_model"), "--all"],
                           capture_output=True, text=True, timeout=300)
@@ -158,3 +158,189 @@ def test_saved_model_cli_lists_signatures(trained_run):
     for name in ("serving_default", "classify_regions", "classify_jpeg", "name_label", "type_probabilities",
                  "DT_UINT8", "DT_STRING"):
         assert name in done.stdout, name
+
+
+# --- the export path holds a complete SavedModel at every instant (fault injection) -----------------
+
+FAULT_HW = (10, 14)
+
+
+def _fault_image():
+    rng = np.random.default_rng(4)
+    return (rng.integers(0, 2, (30, 40, 3)) * 255).astype(np.uint8)
+
+
+def _served(path):
+    """The crop the SavedModel at ``path`` cuts for a fixed box (the pixel model returns its input)."""
+    import tensorflow as tf
+    from test_export_parity import served_crops
+
+    sig = tf.saved_model.load(str(path)).signatures["classify_regions"]
+    return served_crops(sig, FAULT_HW, image=tf.constant(_fault_image()),
+                        boxes=tf.constant([[5, 6, 20, 15]], tf.float32))[0]
+
+
+def _tree(path) -> dict:
+    """Every file under ``path`` (links followed) -> its bytes: equal trees are the same SavedModel."""
+    path = Path(path)
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def two_exports(tmp_path_factory):
+    """Two pixel-model SavedModels that crop differently (margins 0 and 0.5), exported once."""
+    from cropclf.crops import canonical_crop
+    from test_export_parity import export_pixel_model
+
+    root = tmp_path_factory.mktemp("exports")
+    old, new = export_pixel_model(root / "old", FAULT_HW, 0.0), export_pixel_model(root / "new", FAULT_HW, 0.5)
+    crops = {k: canonical_crop(_fault_image(), [5, 6, 20, 15], FAULT_HW, m) for k, m in (("old", 0), ("new", 0.5))}
+    assert np.abs(crops["old"].astype(int) - crops["new"]).max() > 100
+    for key, path in (("old", old), ("new", new)):  # really exported, loadable, serving its own crop
+        assert np.abs(_served(path).astype(int) - crops[key]).max() <= 1
+    return {"old": old.resolve(), "new": new.resolve(), "crops": crops}
+
+
+class _Snapshots:
+    """Copies the export's parent folder before every file-system step of `publish_version`: each copy
+    is what a ``kill -9`` at that step leaves behind (no cleanup runs)."""
+
+    def __init__(self, monkeypatch, root, dest):
+        import os
+        import shutil
+
+        import cropclf.export
+
+        self.root, self.dest, self.steps, self.busy = root, dest, [], False
+        for module, name in [(os, "rename"), (os, "replace"), (os, "symlink"), (shutil, "rmtree"),
+                             (cropclf.export, "_exchange"), (cropclf.export, "_fsync_tree")]:
+            monkeypatch.setattr(module, name, self._wrap(name, getattr(module, name)))
+
+    def _wrap(self, name, real):
+        def step(*args, **kwargs):
+            if not self.busy:
+                self.take(name)
+            return real(*args, **kwargs)
+        return step
+
+    def take(self, name):
+        import shutil
+
+        self.busy = True
+        try:
+            snap = self.dest / f"{len(self.steps):02d}-{name}"
+            shutil.copytree(self.root, snap, symlinks=True)
+            self.steps.append(snap)
+        finally:
+            self.busy = False
+
+
+def _publish(out, source, snaps=None):
+    """`publish_version` with the SavedModel writer replaced by a copy of an export made earlier."""
+    import shutil
+
+    from cropclf.export import publish_version
+
+    with publish_version(out) as tmp:
+        if snaps:
+            snaps.take("write")
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if snaps:
+            snaps.take("written")
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["versioned", "plain-folder-from-older-cropclf"])
+def test_export_path_holds_a_complete_model_at_every_step(tmp_path, monkeypatch, two_exports, legacy):
+    import shutil
+
+    root = tmp_path / "run"
+    out = root / "saved_model"
+    if legacy:  # an export written by cropclf before versioned exports: a plain folder
+        shutil.copytree(two_exports["old"], out)
+    else:
+        _publish(out, two_exports["old"])
+        _publish(out, two_exports["old"])  # a third export must also drop the oldest version
+    trees = {k: _tree(two_exports[k]) for k in ("old", "new")}
+    snaps = _Snapshots(monkeypatch, root, tmp_path / "snaps")
+    _publish(out, two_exports["new"], snaps)
+    snaps.take("done")
+    monkeypatch.undo()
+    assert len(snaps.steps) >= 8, [s.name for s in snaps.steps]
+    served = []
+    for snap in snaps.steps:
+        tree = _tree(snap / "saved_model")
+        assert tree in (trees["old"], trees["new"]), snap.name  # whole, whichever step it was killed at
+        served.append("new" if tree == trees["new"] else "old")
+    assert served[0] == "old" and served[-1] == "new"
+    assert served == sorted(served, key=["old", "new"].index), list(zip([s.name for s in snaps.steps], served))
+    last_old = snaps.steps[served.index("new") - 1]
+    for snap, key in ((last_old, "old"), (snaps.steps[-1], "new")):  # loads and serves through the link
+        assert np.abs(_served(snap / "saved_model").astype(int) - two_exports["crops"][key]).max() <= 1
+    assert out.is_symlink() and (out / "saved_model.pb").is_file()
+    numbered = sorted(p.name for p in (root / "saved_model.versions").iterdir())
+    assert numbered == (["2", "3"] if not legacy else ["1"]), numbered
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_export_recovers_from_a_kill_just_before_the_swap(tmp_path, monkeypatch, two_exports):
+    """Killed with the new version and its link written but not swapped in: the next export works
+    and removes what the killed one left."""
+    import os
+    import shutil
+
+    root = tmp_path / "run"
+    out = root / "saved_model"
+    _publish(out, two_exports["old"])
+    snaps = _Snapshots(monkeypatch, root, tmp_path / "snaps")
+    _publish(out, two_exports["new"], snaps)
+    monkeypatch.undo()
+    before_swap = next(s for s in snaps.steps if s.name.endswith("-replace"))
+    mid_write = next(s for s in snaps.steps if s.name.endswith("-written"))
+    shutil.rmtree(root)
+    shutil.copytree(before_swap, root, symlinks=True)
+    shutil.copytree(next((mid_write / "saved_model.versions").glob(".tmp-*")),
+                    root / "saved_model.versions" / ".tmp-1-x")  # and a half-written one
+    assert _tree(out) == _tree(two_exports["old"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # leftovers name their process: now gone
+    dead.wait()
+    for p in [*root.iterdir(), *(root / "saved_model.versions").iterdir()]:
+        if p.name.startswith((".saved_model.link-", ".tmp-")):
+            p.rename(p.with_name(p.name.replace(f"-{os.getpid()}", f"-{dead.pid}").replace("-1-", f"-{dead.pid}-")))
+    _publish(out, two_exports["new"])
+    assert _tree(out) == _tree(two_exports["new"])
+    assert not [p.name for p in root.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in (root / "saved_model.versions").iterdir()) == ["2", "3"]
+    assert os.readlink(out) == "saved_model.versions/3"
+
+
+@pytest.mark.parametrize("step", ["rename", "symlink", "replace"])
+def test_a_failed_step_leaves_the_previous_model_in_use(tmp_path, monkeypatch, two_exports, step):
+    import os
+
+    import cropclf.export
+
+    out = tmp_path / "saved_model"
+    _publish(out, two_exports["old"])
+    real = getattr(os, step)
+
+    def failing(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(cropclf.export.os, step, failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        _publish(out, two_exports["new"])
+    monkeypatch.setattr(cropclf.export.os, step, real)
+    assert _tree(out) == _tree(two_exports["old"])
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not [p.name for p in (tmp_path / "saved_model.versions").iterdir() if p.name.startswith(".")]
+    _publish(out, two_exports["new"])  # and the next export goes through
+    assert _tree(out) == _tree(two_exports["new"])
+
+
+def test_predict_and_evaluate_read_the_linked_export(two_exports, tmp_path):
+    """The documented path (a link) is what `--model runs/x/saved_model` and evaluation open."""
+    from cropclf.prediction import Classifier
+
+    out = tmp_path / "saved_model"
+    _publish(out, two_exports["new"])
+    Classifier(out)  # checks for saved_model.pb, loads the signatures
