@@ -84,13 +84,24 @@ def test_killed_run_resumes_from_last_completed_epoch(demo_medium, tmp_path):
     assert len(history["loss"]) <= 6 and json.loads((out / "status.json").read_text())["state"] == "complete"
 
 
+def _default_sigint():
+    # A background job (`make test &`, nohup, some CI runners) starts with SIGINT ignored, and a child
+    # inherits that; Python then never raises KeyboardInterrupt. Give the child Ctrl-C's usual meaning.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_marks_the_run_interrupted(demo_medium, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(demo_medium, out, 30), env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    _wait_for_epoch(out, 1, proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
+    try:
+        _wait_for_epoch(out, 1, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a 30-epoch run behind a failed test
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, stdout
     assert "Traceback" not in stdout
     assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
