@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # ~2 min on a free core; far more on a busy one
 
 RUNNER = r"""
 import json, os, shutil, sys, threading
@@ -117,9 +117,9 @@ for job in json.loads(sys.argv[1]):  # run directories one after another, each a
     for tag, path in (("last", run_dir / "checkpoints" / state["checkpoint"]), ("best", run_dir / "model.keras")):
         model = keras.models.load_model(path)
         for k, v in enumerate(model.weights):
-            arrays[f"{tag}/weights/{k}/{v.path}"] = keras.ops.convert_to_numpy(v)
-        for k, v in enumerate(model.optimizer.variables):
-            arrays[f"{tag}/optimizer/{k}/{v.path}"] = keras.ops.convert_to_numpy(v)
+            arrays[f"{tag}/weights/{k}/{v.name}"] = keras.ops.convert_to_numpy(v)
+        for k, v in enumerate(model.optimizer.variables):  # names, not paths: those count models made
+            arrays[f"{tag}/optimizer/{k}/{v.name}"] = keras.ops.convert_to_numpy(v)
     np.savez(f"{run_dir}.final.npz", **arrays)
     record("done")
 os._exit(0)  # data-loader threads can keep a normal exit waiting
@@ -163,10 +163,12 @@ def records(path):
 @pytest.fixture(scope="module")
 def baseline(tiny):
     """The uninterrupted run (copied as a kill would leave it at each change of its second epoch end),
-    and, in the same process, a 2-epoch run to extend."""
+    and, in the same process, one at a learning rate high enough to make the validation loss rise,
+    so that early stopping and LR reduction count, with a 2-epoch run of the same to extend."""
     cfg = tiny[1]
-    return run(tiny, {"baseline": (cfg, False), "short": (cfg.replace(**{"train.epochs": 2}), True)},
-               snapshot="baseline")
+    noisy = cfg.replace(**{"train.learning_rate": 0.03})
+    jobs = {"baseline": (cfg, False), "noisy": (noisy, False), "short": (noisy.replace(**{"train.epochs": 2}), True)}
+    return run(tiny, jobs, snapshot="baseline")
 
 
 def final(tiny, name):
@@ -190,8 +192,8 @@ def trained_epochs(records):
     return sorted(e for e, got in batches(records).items() if len(got) > 1)  # Keras peeks at batch 0 alone
 
 
-def assert_same_run(tiny, name, baseline_records, records):
-    base_state, base_arrays = final(tiny, "baseline")
+def assert_same_run(tiny, name, baseline_records, records, reference="baseline"):
+    base_state, base_arrays = final(tiny, reference)
     state, arrays = final(tiny, name)
     # history (with the learning rate per epoch), counters, RNG states, best value, checkpoint names
     assert state == base_state
@@ -200,7 +202,7 @@ def assert_same_run(tiny, name, baseline_records, records):
         np.testing.assert_array_equal(arrays[key], value, err_msg=key)
     folder = tiny[0]
     for artefact in ("history.json", "history.csv"):
-        assert (folder / name / artefact).read_text() == (folder / "baseline" / artefact).read_text()
+        assert (folder / name / artefact).read_text() == (folder / reference / artefact).read_text()
     assert [p.name for p in (folder / name).rglob(".*")] == []  # no temporary file left
     assert {p.name for p in (folder / name / "checkpoints").iterdir()} == {state["checkpoint"],
                                                                            state["best_checkpoint"]}
@@ -239,10 +241,14 @@ def test_kill_at_every_write_of_an_epoch_end_resumes_exactly(tiny, baseline):
 def test_extended_run_with_other_workers_equals_an_uninterrupted_one(tiny, baseline):
     folder, cfg = tiny
     assert json.loads((folder / "short" / "status.json").read_text())["state"] == "complete"
-    assert final(tiny, "short")[0]["epoch"] == 2
-    records = run(tiny, {"short": (cfg.replace(**{"train.workers": 2}), True)})["short"]
+    short = final(tiny, "short")[0]
+    assert short["epoch"] == 2 and short["callbacks"]["EarlyStopping"]["wait"] > 0  # counters to carry over
+    noisy = final(tiny, "noisy")[0]
+    assert noisy["history"]["learning_rate"][0] > noisy["history"]["learning_rate"][-1]  # the LR was cut
+    extend = cfg.replace(**{"train.learning_rate": 0.03, "train.workers": 2})
+    records = run(tiny, {"short": (extend, True)})["short"]
     assert ["log", f"Extending {folder / 'short'} from 2 to 3 epochs."] in records
     assert trained_epochs(records) == [3]  # exactly one more epoch
     assert any(r[0] == "log" and r[1].startswith("Exported SavedModel") for r in records)  # exported again
     assert json.loads((folder / "short" / "status.json").read_text())["state"] == "complete"
-    assert_same_run(tiny, "short", baseline["baseline"], records)
+    assert_same_run(tiny, "short", baseline["noisy"], records, reference="noisy")
