@@ -46,7 +46,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     state = committed_state(run_dir)
     left = _epochs_left(state, cfg)
     if status and status.get("state") == "complete":
-        if left == 0:
+        if left == 0 or state is None:
             log(f"Run {run_dir} is already complete; pass --overwrite to train it again.")
             return run_dir
         log(f"Extending {run_dir} from {state['epoch']} to {cfg.train.epochs} epochs.")
