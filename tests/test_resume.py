@@ -150,10 +150,11 @@ def run(tiny, jobs, snapshot=None, **env):
              "snapshot_epoch": 1 if name == snapshot else -1} for name, (cfg, export) in jobs.items()]
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            **{k.upper(): str(v) for k, v in env.items()}}
+    before = {name: len(records(folder / f"{name}.records")) for name in jobs}  # a resume appends
     done = subprocess.run([sys.executable, str(folder / "runner.py"), json.dumps(spec)], env=env,
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == (9 if "KILL_AT" in env else 0), done.stderr[-3000:]
-    return {name: records(folder / f"{name}.records") for name in jobs}
+    return {name: records(folder / f"{name}.records")[before[name]:] for name in jobs}
 
 
 def records(path):
