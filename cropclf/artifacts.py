@@ -46,15 +46,54 @@ def atomic_file(path, suffix: str = ""):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+
+
+def publish_copy(source, path) -> Path:
+    """Makes ``path`` a copy of the file ``source`` atomically: a hard link (or a copy where the file
+    system has none) under a temporary name, renamed over ``path``.
+
+    Artefacts are never changed in place once renamed into place, so sharing an inode is safe.
+    """
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    remove(tmp)  # left by a killed process of the same id; it may share an inode with a checkpoint
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network and FAT file systems)
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def remove(path) -> None:
+    """Removes a file if it is there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def remove_temporaries(folder) -> list[Path]:
+    """Removes the temporary files that writes killed half-way left in ``folder`` (not below it)."""
+    folder = Path(folder)
+    found = [p for p in folder.glob(".*.tmp*") if p.is_file()] if folder.is_dir() else []
+    for p in found:
+        remove(p)
+    return found
 
 
 @contextlib.contextmanager

@@ -3,8 +3,8 @@
 ``run/``: ``config.json`` (resolved), ``labels.json``, ``split.csv`` (which image went where),
 ``data_report.json`` (every region or image left out, and why), ``model.keras`` (best by validation
 loss), ``history.csv``/``history.json``, ``curves.png``, ``tensorboard/``, ``saved_model/`` and
-``status.json``. ``last.keras`` + ``state.json`` let a killed run resume from its last completed
-epoch with the same command. Every file is written to a temporary name and renamed.
+``status.json``. ``state.json`` + ``checkpoints/`` let a killed run resume from its last committed
+epoch with the same command (see `RunState`). Every file is written to a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -37,18 +37,24 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     ``frame``: the regions `cropclf.dataset.load_frame` already read for this config, if any.
     """
     run_dir = Path(run_dir)
-    status = _read_json(run_dir / "status.json")
     if overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
-        status = None
-    elif status and status.get("state") == "complete":
-        log(f"Run {run_dir} is already complete; pass --overwrite to train it again.")
-        return run_dir
+    status = _read_json(run_dir / "status.json")
     saved = _read_json(run_dir / "config.json")
-    if saved is not None and Config.from_dict(saved).replace(**{"train.epochs": cfg.train.epochs}) != cfg:
-        raise ConfigError(f"{run_dir} holds a run with a different config; use the same settings to resume, "
-                          f"--overwrite to start over, or another --out. Received: {run_dir / 'config.json'}")
-    state = _read_json(run_dir / "state.json") if (run_dir / "last.keras").exists() else None
+    if saved is not None:
+        _check_same_run(Config.from_dict(saved, source=str(run_dir / "config.json")), cfg, run_dir)
+    state = committed_state(run_dir)
+    left = _epochs_left(state, cfg)
+    if status and status.get("state") == "complete":
+        if left == 0 or state is None:
+            log(f"Run {run_dir} is already complete; pass --overwrite to train it again.")
+            return run_dir
+        log(f"Extending {run_dir} from {state['epoch']} to {cfg.train.epochs} epochs.")
+        shutil.rmtree(run_dir / "evaluation", ignore_errors=True)  # it scored the model being replaced
+    if state and state["stopped"] and left:  # extending a run early stopping ended: count patience afresh
+        state["callbacks"].get("EarlyStopping", {})["wait"] = 0
+    heads = [output_name(h) for h in cfg.data.heads]
+    _recover(run_dir, state, heads)
     strategy = _strategy(cfg)
     _set_precision(cfg)
 
@@ -76,7 +82,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
 
     with strategy.scope():
         if state:
-            model = keras.models.load_model(run_dir / "last.keras")
+            model = keras.models.load_model(run_dir / CHECKPOINTS / state["checkpoint"])
             log(f"Resuming {run_dir} after epoch {state['epoch']} of {cfg.train.epochs}.")
         else:
             keras.utils.set_random_seed(cfg.train.seed)  # weights; data randomness has its own RNGs
@@ -93,10 +99,10 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         keras.callbacks.TerminateOnNaN(),
         StallNotice(monitor, state["history"] if state else None, log=lambda text: log("\n" + text)),
     ]
-    callbacks.append(RunState(run_dir, monitor, [output_name(h) for h in cfg.data.heads], state, callbacks))
+    callbacks.append(RunState(run_dir, monitor, heads, state, callbacks, cfg.train.epochs))
     artifacts.write_json(run_dir / "status.json", {"state": "running", "since": time.time()})
     try:
-        model.fit(train_seq, validation_data=val_seq, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
+        model.fit(train_seq, validation_data=val_seq, epochs=initial_epoch + left, initial_epoch=initial_epoch,
                   shuffle=False, callbacks=callbacks, verbose=1 if os.environ.get("CROPCLF_QUIET") is None else 2)
     except KeyboardInterrupt:
         artifacts.write_json(run_dir / "status.json", {"state": "interrupted", "at": time.time(),
@@ -125,17 +131,34 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     return run_dir
 
 
-class RunState(keras.callbacks.Callback):
-    """Saves the best model, the last model and the history at each epoch end, atomically.
+CHECKPOINTS = "checkpoints"
+STATE_FORMAT = 2
 
-    On resume it restores the history and the patience counters of early stopping and LR reduction,
-    so a resumed run behaves as if it had never stopped.
+# Settings a resumed (or extended) run may change: they change how long it runs, or how batches are
+# loaded, never what a batch holds (batches depend on (seed, epoch, batch) alone, whatever the workers).
+RESUMABLE_CHANGES = ("train.epochs", "train.workers", "train.use_multiprocessing", "augment.cache_memory_mb")
+
+
+class RunState(keras.callbacks.Callback):
+    """Commits each epoch end in one step, so that a run killed at any instant resumes exactly.
+
+    An epoch end first writes the model (weights and optimizer state) to
+    ``checkpoints/epoch-NNNN.keras`` (under a temporary name, then renamed), then writes
+    ``state.json`` under a temporary name and renames it into place: **that rename is the commit**.
+    ``state.json`` holds the epoch count, the history, the counters of early stopping and LR
+    reduction, the dropout layers' RNG states (which the ``.keras`` file leaves out) and the names
+    of the last and the best checkpoints. Only then are ``model.keras`` (the best checkpoint),
+    ``history.*`` and ``curves.png`` published from it and the checkpoints it no longer names
+    removed (`publish`). A resume starts from the committed state alone: it redoes the publishing,
+    and whatever an uncommitted epoch left behind is ignored and removed.
     """
 
-    def __init__(self, run_dir: Path, monitor: str, heads, state: dict | None, callbacks):
+    def __init__(self, run_dir: Path, monitor: str, heads, state: dict | None, callbacks, epochs: int):
         super().__init__()
-        self.run_dir, self.monitor, self.heads = run_dir, monitor, heads
-        self.state = state or {"epoch": 0, "history": {}, "best": None, "callbacks": {}}
+        self.run_dir, self.monitor, self.heads, self.epochs = run_dir, monitor, heads, int(epochs)
+        self.state = state or {"format": STATE_FORMAT, "epoch": 0, "epochs": self.epochs, "checkpoint": None,
+                               "best": None, "best_checkpoint": None, "stopped": False, "history": {},
+                               "callbacks": {}, "rng": []}
         self.others = [c for c in callbacks if isinstance(c, (keras.callbacks.EarlyStopping,
                                                                keras.callbacks.ReduceLROnPlateau))]
 
@@ -143,28 +166,127 @@ class RunState(keras.callbacks.Callback):
         for c in self.others:  # runs after their own on_train_begin reset
             for key, value in self.state["callbacks"].get(type(c).__name__, {}).items():
                 setattr(c, key, value)
+        if self.state["rng"]:
+            _set_rng_states(self.model, self.state["rng"])
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        state = json.loads(json.dumps(self.state))  # a copy: nothing changes until the commit
         for k, v in logs.items():
-            self.state["history"].setdefault(k, []).append(v)
-        value = logs.get(self.monitor)
-        if value is not None and np.isfinite(value) and (self.state["best"] is None or value < self.state["best"]):
-            self.state["best"] = value
-            with artifacts.atomic_file(self.run_dir / "model.keras", suffix=".keras") as tmp:
-                self.model.save(tmp)
-        with artifacts.atomic_file(self.run_dir / "last.keras", suffix=".keras") as tmp:
+            state["history"].setdefault(k, []).append(v)
+        name = f"epoch-{epoch + 1:04d}.keras"
+        with artifacts.atomic_file(self.run_dir / CHECKPOINTS / name, suffix=".keras") as tmp:
             self.model.save(tmp)
-        self.state["epoch"] = epoch + 1
-        self.state["callbacks"] = {type(c).__name__: {k: float(getattr(c, k)) for k in ("wait", "best")
-                                                      if hasattr(c, k)} for c in self.others}
-        history = self.state["history"]
-        artifacts.write_text(self.run_dir / "history.csv", pd.DataFrame(history).rename_axis("epoch")
-                             .rename(index=lambda i: i + 1).to_csv())
-        artifacts.write_json(self.run_dir / "history.json", history)
-        learning_curves(history, self.heads, self.run_dir / "curves.png")
-        artifacts.write_json(self.run_dir / "state.json", self.state)  # last: marks the epoch complete
+        value = logs.get(self.monitor)
+        improved = value is not None and np.isfinite(value) and (state["best"] is None or value < state["best"])
+        if improved:
+            state["best"], state["best_checkpoint"] = value, name
+        state.update(epoch=epoch + 1, epochs=self.epochs, checkpoint=name, stopped=bool(self.model.stop_training),
+                     callbacks={type(c).__name__: _counters(c) for c in self.others},
+                     rng=_rng_states(self.model))
+        artifacts.write_json(self.run_dir / "state.json", state)  # the commit point
+        self.state = state
+        publish(self.run_dir, state, self.heads, model=improved)
+
+
+def committed_state(run_dir: Path) -> dict | None:
+    """The state of the last committed epoch, or None (no epoch committed yet)."""
+    state = _read_json(run_dir / "state.json")
+    if state is None:
+        return None
+    if state.get("format") != STATE_FORMAT:
+        raise ConfigError(f"{run_dir} was trained by an older cropclf whose checkpoints cannot be resumed "
+                          f"exactly; pass --overwrite to start over, or another --out. "
+                          f"Received: {run_dir / 'state.json'} without format {STATE_FORMAT}")
+    if not (run_dir / CHECKPOINTS / state["checkpoint"]).is_file():
+        raise CropclfError(f"{run_dir}: state.json names the checkpoint {state['checkpoint']}, which is gone; "
+                           f"the run directory was changed by hand. Pass --overwrite to start over. "
+                           f"Received: {sorted(p.name for p in (run_dir / CHECKPOINTS).glob('*'))}")
+    return state
+
+
+def publish(run_dir: Path, state: dict, heads, model: bool = True) -> None:
+    """Makes the published artefacts agree with the committed ``state``; idempotent.
+
+    ``model.keras`` becomes the best checkpoint (when ``model``), ``history.*`` and ``curves.png``
+    show the committed history, and checkpoints, temporary files and an uncommitted epoch's
+    files are removed.
+    """
+    if model and state["best_checkpoint"]:
+        artifacts.publish_copy(run_dir / CHECKPOINTS / state["best_checkpoint"], run_dir / "model.keras")
+    history = state["history"]
+    artifacts.write_text(run_dir / "history.csv", pd.DataFrame(history).rename_axis("epoch")
+                         .rename(index=lambda i: i + 1).to_csv())
+    artifacts.write_json(run_dir / "history.json", history)
+    learning_curves(history, heads, run_dir / "curves.png")
+    keep = {state["checkpoint"], state["best_checkpoint"]}
+    for path in sorted((run_dir / CHECKPOINTS).glob("*")):
+        if path.name not in keep and path.is_file():
+            artifacts.remove(path)
+    artifacts.remove_temporaries(run_dir)
+
+
+def _recover(run_dir: Path, state: dict | None, heads) -> None:
+    """Brings the run directory back to its committed state after a kill at any instant."""
+    if state is not None:
+        publish(run_dir, state, heads)
+        return
+    for path in (run_dir / CHECKPOINTS).glob("*"):  # no epoch committed: whatever is here is not one
+        if path.is_file():
+            artifacts.remove(path)
+    artifacts.remove_temporaries(run_dir)
+
+
+def _counters(callback) -> dict:
+    """What early stopping and LR reduction carry from epoch to epoch."""
+    keys = ("wait", "best", "cooldown_counter", "best_epoch")
+    return {k: (None if getattr(callback, k) is None else float(getattr(callback, k)))
+            for k in keys if hasattr(callback, k)}
+
+
+def _rng_states(model) -> list:
+    """The dropout layers' seed states: a ``.keras`` file keeps weights and optimizer, not these."""
+    return [keras.ops.convert_to_numpy(v).tolist() for v in model.variables if v.name == "seed_generator_state"]
+
+
+def _set_rng_states(model, states: list) -> None:
+    variables = [v for v in model.variables if v.name == "seed_generator_state"]
+    if len(variables) != len(states):
+        raise RuntimeError(f"the model has {len(variables)} RNG states, the checkpoint {len(states)}")
+    for v, value in zip(variables, states):
+        v.assign(np.asarray(value, dtype=v.dtype))
+
+
+def _epochs_left(state: dict | None, cfg: Config) -> int:
+    """Epochs still to train: none once early stopping ended the run, unless ``--epochs`` grew."""
+    if state is None:
+        return cfg.train.epochs
+    if state["stopped"] and cfg.train.epochs <= state["epochs"]:
+        return 0
+    return max(cfg.train.epochs - state["epoch"], 0)
+
+
+def _check_same_run(saved: Config, cfg: Config, run_dir: Path) -> None:
+    """Refuses to resume a run under settings that would change what it computes."""
+    same = {key: _setting(cfg, key) for key in RESUMABLE_CHANGES}
+    if saved.replace(**same) == cfg:
+        return
+    old, new = _flat(saved.to_dict()), _flat(cfg.to_dict())
+    diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
+    raise ConfigError(f"{run_dir} holds a run with a different config; use the same settings to resume "
+                      f"(only {', '.join(RESUMABLE_CHANGES)} may change), --overwrite to start over, or "
+                      f"another --out. Received: {'; '.join(diffs[:5])}")
+
+
+def _setting(cfg: Config, key: str):
+    section, _, name = key.partition(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _flat(d: dict) -> dict:
+    return {f"{section}.{k}": v for section, values in d.items() for k, v in values.items()}
 
 
 class StallNotice(keras.callbacks.Callback):

@@ -76,7 +76,8 @@ def test_killed_run_resumes_from_last_completed_epoch(demo_medium, tmp_path):
     proc.wait()
     done = json.loads((out / "state.json").read_text())["epoch"]
     assert done >= 2
-    keras.models.load_model(out / "last.keras")  # whole, not half-written
+    state = json.loads((out / "state.json").read_text())
+    keras.models.load_model(out / "checkpoints" / state["checkpoint"])  # whole, not half-written
     again = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"Resuming {out} after epoch {done} of 6" in again.stdout
@@ -84,13 +85,24 @@ def test_killed_run_resumes_from_last_completed_epoch(demo_medium, tmp_path):
     assert len(history["loss"]) <= 6 and json.loads((out / "status.json").read_text())["state"] == "complete"
 
 
+def _default_sigint():
+    # A background job (`make test &`, nohup, some CI runners) starts with SIGINT ignored, and a child
+    # inherits that; Python then never raises KeyboardInterrupt. Give the child Ctrl-C's usual meaning.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_marks_the_run_interrupted(demo_medium, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(_train_cmd(demo_medium, out, 30), env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    _wait_for_epoch(out, 1, proc)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
+    try:
+        _wait_for_epoch(out, 1, proc)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a 30-epoch run behind a failed test
+            proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, stdout
     assert "Traceback" not in stdout
     assert json.loads((out / "status.json").read_text())["state"] == "interrupted"
@@ -120,3 +132,29 @@ def test_bad_input_is_one_line_and_nonzero(demo_small, tmp_path, args, message):
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error:")  # after TensorFlow's own start-up noise
+
+
+def test_completed_run_extends_with_more_epochs_and_resumes_with_other_workers(demo_small, tmp_path):
+    out = tmp_path / "run"
+
+    def train_py(*args):
+        cmd = script("train.py", "--annotations", demo_small, "--out", out, "--image-size", "16", "--batch-size", 16,
+                     "--set", "model.width=4", "--no-evaluate", *args)
+        return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+
+    first = train_py("--epochs", 1, "--workers", 2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    history = json.loads((out / "history.json").read_text())
+    more = train_py("--epochs", 2, "--workers", 1)  # workers change how batches load, not what they hold
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert f"Extending {out} from 1 to 2 epochs." in more.stdout
+    assert f"Resuming {out} after epoch 1 of 2." in more.stdout
+    assert "Exported SavedModel" in more.stdout
+    extended = json.loads((out / "history.json").read_text())
+    assert len(extended["loss"]) == 2 and extended["loss"][0] == history["loss"][0]  # one more epoch, not two
+    assert json.loads((out / "status.json").read_text())["state"] == "complete"
+    again = train_py("--epochs", 2)
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stderr[-3000:]
+    other = train_py("--epochs", 2, "--batch-size", 8)
+    assert other.returncode == 2
+    assert "train.batch_size: 16 there, 8 now" in other.stderr and "Traceback" not in other.stderr
