@@ -136,7 +136,8 @@ STATE_FORMAT = 2
 
 # Settings a resumed (or extended) run may change: they change how long it runs, or how batches are
 # loaded, never what a batch holds (batches depend on (seed, epoch, batch) alone, whatever the workers).
-RESUMABLE_CHANGES = ("train.epochs", "train.workers", "train.use_multiprocessing", "augment.cache_memory_mb")
+RESUMABLE_CHANGES = ("train.epochs", "train.workers", "train.use_multiprocessing", "data.cache_memory_mb",
+                     "data.cache_dir")
 
 
 class RunState(keras.callbacks.Callback):
