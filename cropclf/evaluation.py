@@ -13,7 +13,6 @@ from cropclf.annotations import read_annotations
 from cropclf.config import Config
 from cropclf.dataset import load_frame
 from cropclf.labels import encode_heads, load_label_maps
-from cropclf.model import output_name
 from cropclf.patches import PatchStore, default_threads
 from cropclf.plots import confusion_matrix, contact_sheet
 from cropclf.sequence import CropSequence
@@ -65,11 +64,11 @@ def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", ou
     with artifacts.atomic_dir(out_dir) as tmp:
         worst = []
         for h, m in maps.items():
-            p = np.asarray(probs[output_name(h)])
+            p = np.asarray(probs[seq.keys[h]])
             y_true, y_pred = seq.labels[h], p.argmax(axis=1)
             correct_all &= y_true == y_pred
             report["heads"][h] = head_metrics(y_true, y_pred, m.classes)
-            confusion_matrix(np.array(report["heads"][h]["confusion"]), m.classes, tmp / f"confusion_{h}.png",
+            confusion_matrix(np.array(report["heads"][h]["confusion"]), m.classes, tmp / f"confusion_{seq.keys[h]}.png",
                              f"{h}: accuracy {report['heads'][h]['accuracy']:.3f}")
             worst.append(1 - p[np.arange(len(y_true)), y_true])
         report["both_right"] = float(correct_all.mean()) if len(maps) > 1 else None
@@ -99,7 +98,8 @@ def serving_agreement(saved_model, frame, seq: CropSequence, probs, maps) -> dic
         out = classify(image=tf.constant(load_image(path)), boxes=tf.constant(boxes))
         pos = [position[label] for label in group.index]
         for h in maps:
-            served, local = out[f"{output_name(h)}_probabilities"].numpy(), np.asarray(probs[output_name(h)])[pos]
+            key = seq.keys[h]
+            served, local = out[f"{key}_probabilities"].numpy(), np.asarray(probs[key])[pos]
             same[h][pos] = served.argmax(1) == local.argmax(1)
             worst[h] = max(worst[h], float(np.abs(served - local).max()))
     return {h: {"same_label": float(same[h].mean()), "max_probability_difference": worst[h]} for h in maps}
@@ -150,7 +150,7 @@ def _worst_sheet(seq: CropSequence, maps, probs, badness: np.ndarray, wrong: np.
     for k in order:
         lines = []
         for h, m in maps.items():
-            p = np.asarray(probs[output_name(h)])[k]
+            p = np.asarray(probs[seq.keys[h]])[k]
             t, q = seq.labels[h][k], int(p.argmax())
             lines.append(f"{h}: {m.classes[t]}" + ("" if t == q else f" -> {m.classes[q]}!"))
         captions.append(lines)

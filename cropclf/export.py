@@ -22,8 +22,7 @@ import tensorflow as tf
 
 from cropclf import artifacts
 from cropclf.config import Config
-from cropclf.labels import LabelMap, label_maps_to_json, load_label_maps
-from cropclf.model import output_name
+from cropclf.labels import LabelMap, label_maps_to_json, load_label_maps, output_keys
 
 
 def export_run(run_dir, out_dir=None, log=print) -> Path:
@@ -43,7 +42,7 @@ def export_saved_model(model: keras.Model, label_maps: dict[str, LabelMap], cfg:
     crop = cfg.crop
     out_hw = tuple(crop.image_size)
     heads = list(label_maps)
-    names = {h: output_name(h) for h in heads}
+    names = output_keys(heads)
     classes = {h: tf.constant(label_maps[h].classes, tf.string) for h in heads}
     metadata = {
         "labels_json": tf.constant(label_maps_to_json(label_maps)),
@@ -51,6 +50,11 @@ def export_saved_model(model: keras.Model, label_maps: dict[str, LabelMap], cfg:
             "image_size": list(out_hw), "margin": crop.margin, "resize": crop.resize,
             "pad_value": crop.pad_value, "box_format": "VIA (x, y, width, height) in image pixels",
             "pixels": "uint8 RGB, 0..255; EXIF orientation applied by classify_jpeg", "heads": heads})),
+        # Head names may hold anything; outputs are named by key. A client finds a head's outputs here.
+        "heads_json": tf.constant(json.dumps(
+            [{"head": h, "key": k, "label": f"{k}_label", "score": f"{k}_score",
+              "probabilities": f"{k}_probabilities", "classes": label_maps[h].classes} for h, k in names.items()],
+            ensure_ascii=False)),
     }
 
     def predict(batch):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ import pandas as pd
 from cropclf import artifacts
 from cropclf.errors import CropclfError, ImageError
 from cropclf.images import load_image, probe_image
+from cropclf.labels import output_keys
 from cropclf.progress import Progress
 
 COLUMNS = ("filename", "region_id", "row", "x", "y", "width", "height")
@@ -83,9 +83,12 @@ class Classifier:
         self.classes = {h: labels[h]["classes"] for h in self.heads}
         self.min_size = _min_size(path)
         self._fn = signatures["classify_regions"]
-        self._keys = {h: output_name(h) for h in self.heads}
+        # Each head's outputs, from the export's own list (heads_json). Exports older than that list
+        # could only hold identifier-like head names (name, type), whose keys `output_keys` gives.
+        listed = json.loads(meta["heads_json"]) if "heads_json" in meta else []
+        self._keys = {m["head"]: m["key"] for m in listed} or output_keys(self.heads)
         outputs = self._fn.structured_outputs
-        lost = [h for h, k in self._keys.items() if f"{k}_label" not in outputs]
+        lost = [h for h in self.heads if f"{self._keys.get(h)}_label" not in outputs]
         if lost:
             raise CropclfError(f"{path}: no outputs for head(s) {lost} in classify_regions. "
                                f"Received: outputs {sorted(outputs)}")
@@ -94,14 +97,8 @@ class Classifier:
         """Per head, labels and scores of ``boxes`` (VIA ``x, y, w, h``) on an RGB uint8 image."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         out = self._fn(image=np.ascontiguousarray(image, np.uint8), boxes=boxes)
-        return {h: ([b.decode("utf-8") for b in out[f"{k}_label"].numpy()],
-                    out[f"{k}_score"].numpy()) for h, k in self._keys.items()}
-
-
-def output_name(head: str) -> str:
-    """`cropclf.model.output_name`, repeated here so that serving never imports Keras."""
-    name = re.sub(r"\W", "_", head, flags=re.ASCII)
-    return name if re.match(r"[A-Za-z]", name) else f"head_{name}"
+        return {h: ([b.decode("utf-8") for b in out[f"{self._keys[h]}_label"].numpy()],
+                    out[f"{self._keys[h]}_score"].numpy()) for h in self.heads}
 
 
 def _min_size(path: Path) -> float:

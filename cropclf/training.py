@@ -24,8 +24,8 @@ from cropclf import artifacts
 from cropclf.config import Config
 from cropclf.dataset import Prepared, prepare, print_problems
 from cropclf.errors import ConfigError, CropclfError, ImageError
-from cropclf.labels import label_maps_to_json, load_label_maps
-from cropclf.model import build_model, compile_model, output_name
+from cropclf.labels import label_maps_to_json, load_label_maps, output_keys
+from cropclf.model import build_model, compile_model
 from cropclf.plots import learning_curves
 from cropclf.sequence import CropSequence
 
@@ -92,7 +92,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),
     ]
-    callbacks.append(RunState(run_dir, monitor, [output_name(h) for h in cfg.data.heads], state, callbacks))
+    callbacks.append(RunState(run_dir, monitor, output_keys(cfg.data.heads), state, callbacks))
     artifacts.write_json(run_dir / "status.json", {"state": "running", "since": time.time()})
     try:
         model.fit(train_seq, validation_data=val_seq, epochs=cfg.train.epochs, initial_epoch=initial_epoch,
