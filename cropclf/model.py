@@ -48,14 +48,29 @@ def build_model(cfg: ModelConfig, image_size, num_classes: dict[str, int], seed:
 
 def check_backbone(cfg: ModelConfig, image_size) -> None:
     """Raises `ConfigError` now, before any data work, if `trunk` would refuse ``cfg`` or ``image_size``."""
-    if cfg.backbone != "small":
-        trunk(cfg, image_size, 0)
+    if cfg.backbone == "small":
+        _check_small(image_size)
+    else:
+        trunk(cfg, image_size, 0)  # keras.applications check sizes only while building: build once, discard
+
+
+# The small trunk's stem halves the input (rounding up), then three poolings halve it (rounding down):
+# 15 px is the least that leaves one pixel at the end.
+SMALL_MIN_SIZE = 15
+
+
+def _check_small(image_size) -> None:
+    if min(image_size) < SMALL_MIN_SIZE:
+        raise ConfigError(f"Backbone small needs input crops of at least {SMALL_MIN_SIZE}x{SMALL_MIN_SIZE} px; "
+                          f"crop.image_size is {image_size[0]}x{image_size[1]}. Pass a larger --image-size. "
+                          f"Received: {tuple(image_size)}")
 
 
 def trunk(cfg: ModelConfig, image_size, seed: int = 0) -> keras.Model:
     """The shared feature extractor ``pixels (0..255) -> features``, as one nested model."""
     inputs = keras.Input((*image_size, 3), name="pixels")
     if cfg.backbone == "small":
+        _check_small(image_size)
         return keras.Model(inputs, _small_trunk(inputs, cfg.width, seed), name="trunk")
     factory = getattr(keras.applications, cfg.backbone, None)
     if factory is None or not callable(factory) or not cfg.backbone[:1].isupper():
