@@ -1,7 +1,8 @@
 """SavedModel export: one self-contained artefact that classifies regions with TensorFlow alone.
 
-Signatures (each returns, per head ``h``: ``h_label`` string ``[N]``, ``h_score`` float ``[N]``,
-``h_probabilities`` float ``[N, classes]``):
+Signatures (each returns, per head, by its output key ``k`` (`cropclf.labels.output_keys`: head names
+may hold spaces, digits or any script, keys are ``[a-z][a-z0-9_]*``): ``k_label`` string ``[N]``,
+``k_score`` float ``[N]``, ``k_probabilities`` float ``[N, classes]``):
 
 * ``serving_default(images)``: uint8 ``[N, H, W, 3]`` crops the caller cut out, resized in the graph;
 * ``classify_regions(image, boxes)``: one uint8 ``[H, W, 3]`` image and float ``[K, 4]`` VIA boxes
@@ -9,7 +10,9 @@ Signatures (each returns, per head ``h``: ``h_label`` string ``[N]``, ``h_score`
   (`cropclf.crops.canonical_crop`: margin, whole-pixel window, padding, area resize);
 * ``classify_jpeg(image_bytes, boxes)``: encoded JPEG/PNG bytes, decoded in the graph with the EXIF
   orientation applied (as VIA and OpenCV show the image), then as ``classify_regions``;
-* ``metadata()``: the label maps and preprocessing settings as JSON strings.
+* ``metadata()``: JSON strings: ``labels_json`` (the label maps, by head name), ``preprocessing_json``
+  (size, margin, resize mode, padding) and ``heads_json`` (per head, in order: its name, key, the
+  names of its three outputs and its classes), so a client finds a head's outputs without cropclf.
 """
 
 from __future__ import annotations
