@@ -48,13 +48,17 @@ def read_annotations(path: str | os.PathLike, image_root: str | os.PathLike | No
 
     Returns:
         Columns ``filename, path, region_id, shape, x, y, width, height, row, duplicate``, then
-        one string column per region attribute, then ``file:<name>`` per file attribute.
-        ``df.attrs`` holds ``source, format, images, images_without_regions, undefined_values,
-        duplicate_regions, region_attributes, file_attributes``.
+        one string column per region attribute (``region:<name>`` where the name is one of those
+        columns), then ``file:<name>`` per file attribute. ``duplicate`` is true for a region with
+        the same image, shape and attribute values as an earlier one (kept, so rows stay
+        numbered). ``df.attrs`` holds ``source, format`` (``via1_csv, via2_csv, flat_csv,
+        via1_json, via2_json`` or ``via2_project``), ``images, images_without_regions,
+        undefined_values, duplicate_regions, region_attributes, file_attributes``.
 
     Raises:
-        AnnotationError: The file is empty, not UTF-8, a VIA 3 or VIA 0.1b file, or malformed; the
-            message names the file, the row or JSON position, and the offending text.
+        AnnotationError: The file cannot be read, is empty, not UTF-8, a VIA 3, VIA 0.1b, COCO or
+            attribute-definition file, or malformed, or an image name points outside the image
+            root; the message names the file, the row or JSON position, and the offending text.
     """
     source = Path(path)
     try:

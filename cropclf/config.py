@@ -34,8 +34,12 @@ class DataConfig:
     allow_outside_root: bool = False  # filenames that climb out of the image folder are refused
     demo_dir: str = "data/demo"  # where the demo dataset is written
     demo_images: int = 240  # ~1,800 regions: enough for >0.95 on both heads, small enough for CPU
+    cache_memory_mb: int = 2048  # decoded region patches beyond this go to a memory-mapped file on disk
+    cache_dir: str | None = None  # that file's folder; None: the system's temporary folder (often RAM-backed)
 
     def __post_init__(self):
+        if self.cache_memory_mb < 0:
+            raise ConfigError(f"`data.cache_memory_mb` must be >= 0. Received: {self.cache_memory_mb}")
         if len(self.heads) == 0 or len(set(self.heads)) != len(self.heads):
             raise ConfigError(f"`data.heads` must name one or more distinct attributes. Received: {self.heads}")
         if not all(isinstance(h, str) and h.strip() for h in self.heads):
@@ -79,7 +83,6 @@ class AugmentConfig:
     rotate: float = 10.0  # degrees, both ways
     color: float = 0.2  # brightness/contrast/saturation jitter; hue moves 1/10 of it
     blur: float = 0.1  # probability of a light blur or noise, as cameras give
-    cache_memory_mb: int = 2048  # decoded regions beyond this go to a memory-mapped file on disk
 
     def __post_init__(self):
         for name in ("shift", "scale", "hflip", "color", "blur"):
@@ -162,6 +165,7 @@ class Config:
         """Builds a config from nested dicts; unknown sections or keys are an error."""
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: a config must be a JSON object. Received: {type(d).__name__}")
+        d = _moved_keys(d, source)
         sections = {f.name: f.type for f in fields(cls)}
         unknown = set(d) - set(sections)
         if unknown:
@@ -198,8 +202,32 @@ class Config:
         """Returns a copy with dotted overrides applied, e.g. ``replace(**{"train.epochs": 3})``."""
         d = self.to_dict()
         for key, value in overrides.items():
+            key = MOVED_KEYS.get(key, key)
             section, _, name = key.partition(".")
             if section not in d or name not in d[section]:
                 raise ConfigError(f"Unknown config key '{key}'. Received: {key}={value!r}")
             d[section][name] = value
         return Config.from_dict(d)
+
+
+# keys that moved section: old config files (and --set) keep working
+MOVED_KEYS = {"augment.cache_memory_mb": "data.cache_memory_mb"}
+
+
+def _moved_keys(d: dict, source: str) -> dict:
+    """Returns ``d`` with keys of `MOVED_KEYS` moved to their new section."""
+    if not isinstance(d, dict):
+        return d
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for old, new in MOVED_KEYS.items():
+        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+        if isinstance(d.get(old_section), dict) and old_name in d[old_section]:
+            value = d[old_section].pop(old_name)
+            target = d.setdefault(new_section, {})
+            if not isinstance(target, dict):
+                continue  # reported as a bad section below
+            if new_name in target and target[new_name] != value:
+                raise ConfigError(f"{source}: `{old}` (its old place) and `{new}` disagree; keep only `{new}`. "
+                                  f"Received: {value!r} and {target[new_name]!r}")
+            target[new_name] = value
+    return d

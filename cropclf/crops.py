@@ -120,6 +120,10 @@ def jitter_window(window, rng: np.random.Generator, shift: float, scale: float) 
     return np.array([cx - w * s / 2, cy - h * s / 2, w * s, h * s])
 
 
-def room_fraction(margin: float, shift: float, scale: float) -> float:
-    """How far, as a fraction of the box, a jittered window can reach beyond each side of the box."""
-    return (1 + 2 * margin) * (1 + scale) / 2 + shift * (1 + 2 * margin) - 0.5
+def jitter_reach(shift: float, scale: float) -> float:
+    """How far `jitter_window` can move a window's edge beyond it, as a fraction of its size.
+
+    The centre moves by up to ``shift`` of the size and the size grows by up to ``scale``, half of
+    which goes to each side: an edge moves out by at most ``shift + scale / 2`` of the size.
+    """
+    return shift + scale / 2

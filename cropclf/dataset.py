@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cropclf.annotations import read_annotations
 from cropclf.config import Config
-from cropclf.crops import room_fraction
+from cropclf.crops import jitter_reach
 from cropclf.labels import LabelMap, build_label_maps, head_column
 from cropclf.patches import PatchStore, default_threads
 from cropclf.splits import split_by_image
@@ -69,11 +70,14 @@ def prepare(cfg: Config, label_maps: dict[str, LabelMap] | None = None, assignme
     notes = []
     if assignment is None:
         assignment, notes = split_by_image(frame, cfg.data.heads, cfg.data.split, cfg.train.seed)
+    # Only training regions are jittered: the others' patches need no room beyond the margin window
+    # (validation crops are then canonical_crop's whatever the store, the memory is smaller).
     aug = cfg.augment
-    room = room_fraction(cfg.crop.margin, aug.shift, aug.scale) if aug.enabled else cfg.crop.margin
-    store = PatchStore(frame, cfg.crop.image_size, cfg.crop.margin, room, cfg.crop.resize, cfg.crop.min_size,
-                       cfg.crop.pad_value, memory_mb=aug.cache_memory_mb, threads=default_threads(),
-                       progress=progress)
+    training = frame["path"].map(assignment).eq("train").to_numpy()
+    reach = np.where(training, jitter_reach(aug.shift, aug.scale), 0.0) if aug.enabled else 0.0
+    store = PatchStore(frame, cfg.crop.image_size, cfg.crop.margin, reach, cfg.crop.resize, cfg.crop.min_size,
+                       cfg.crop.pad_value, memory_mb=cfg.data.cache_memory_mb, cache_dir=cfg.data.cache_dir,
+                       threads=default_threads(), progress=progress)
     return Prepared(frame, maps, assignment, notes, store, list(store.problems))
 
 

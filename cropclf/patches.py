@@ -1,14 +1,24 @@
 """Decode each image once: every region's neighbourhood, kept in memory or memory-mapped on disk.
 
-A `PatchStore` holds, per croppable region, a *patch*: the region's box grown by enough room for the
-context margin and any augmentation jitter, cut from the image (padding what lies outside it) and
-area-downscaled so that the margin box is no larger than the model's input. Every epoch and every
-split crop from these patches with one `cv2.warpAffine`, so an image is decoded once per run, not
-once per crop per epoch.
+A `PatchStore` holds, per croppable region, a *patch*: the region's whole-pixel margin window (the
+window `crops.canonical_crop` cuts), plus room for the augmentation jitter, resampled onto the pixel
+grid of the canonical crop. Every epoch and every split crop from these patches, so an image is
+decoded once per run, not once per crop per epoch.
 
-Memory is bounded: a patch is at most about ``(1 + 2 * room) / (1 + 2 * margin)`` times the output
-size per side, and when the total passes ``memory_mb`` the patches live in a temporary memory-mapped
-file instead of RAM.
+The patch grid, per axis and per region (``L``: the margin window's length in image pixels, ``T``:
+the length `canonical_crop` resizes it to, see `crops.fit_size`):
+
+* ``L > T`` (the crop shrinks that axis): one patch pixel per canonical output pixel, pitch
+  ``q = L / T`` image pixels, computed as `crops.resize` does (area averages when both axes shrink,
+  linear samples otherwise); the margin window is exactly ``T`` patch pixels.
+* ``L <= T``: full resolution, pitch 1; the margin window is exactly ``L`` patch pixels.
+* the jitter room: ``ceil(reach * L / q)`` patch pixels on each side, the most a jittered window
+  reaches beyond the margin window (`crops.jitter_reach`), so jitter takes context from real pixels.
+
+So a non-jittered crop is a whole-pixel sub-window of the patch, resized as `canonical_crop` resizes
+(identity on pitch-``q`` axes): within one grey level of `canonical_crop` for any box. And a patch is
+at most ``(T + 2 ceil(reach T)) x (T + 2 ceil(reach T))`` pixels whatever the box's size or aspect
+ratio. When all patches pass ``memory_mb`` they live in a memory-mapped file instead of RAM.
 """
 
 from __future__ import annotations
@@ -18,11 +28,12 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pandas as pd
 
-from cropclf.crops import cut_window, expand_box, integer_windows, resize
-from cropclf.errors import ImageError
+from cropclf.crops import expand_box, integer_windows, letterbox, resize
+from cropclf.errors import ConfigError, ImageError
 from cropclf.images import load_image, probe_image
 from cropclf.progress import Progress
 
@@ -47,25 +58,29 @@ class PatchStore:
         frame: regions from `read_annotations` (index labels identify regions).
         out_hw: the model's input ``(height, width)``.
         margin: context margin (fraction of the box per side).
-        room: how far patches reach beyond the box, as a fraction of it (>= margin).
+        reach: how far a jittered window may reach beyond the whole-pixel margin window, as a
+            fraction of that window per side (`crops.jitter_reach`; 0 for regions never jittered):
+            one number, or one per row of ``frame``.
         mode: ``"stretch"`` or ``"letterbox"`` (letterbox scales both axes alike).
         min_size: boxes narrower or lower than this (pixels) cannot be cropped.
         pad_value: fill for pixels outside the image.
         memory_mb: above this many megabytes, patches go to a memory-mapped file.
-        cache_dir: folder for that file (default: the system's temporary folder).
+        cache_dir: folder for that file (created if missing; default: the system's temporary folder).
         threads: decoding threads (OpenCV releases the GIL while decoding).
         progress: show a progress bar while decoding.
     """
 
-    def __init__(self, frame: pd.DataFrame, out_hw, margin: float, room: float, mode: str = "stretch",
+    def __init__(self, frame: pd.DataFrame, out_hw, margin: float, reach=0.0, mode: str = "stretch",
                  min_size: float = 2.0, pad_value: int = 0, memory_mb: int = 2048, cache_dir=None,
                  threads: int = 1, progress: bool = True):
         self.out_hw, self.margin, self.mode, self.pad_value = tuple(out_hw), margin, mode, pad_value
-        self.room = max(room, margin)
         self.problems: list[Problem] = []
         self.bad_images: dict[str, str] = {}
         self.slot = {}  # frame index label -> slot
         boxes = frame[["x", "y", "width", "height"]].to_numpy(np.float64)
+        reach = np.broadcast_to(np.asarray(reach, np.float64), (len(frame),))
+        if np.any(reach < 0) or not np.all(np.isfinite(reach)):
+            raise ValueError(f"`reach` must be finite and >= 0. Received: {np.unique(reach)[:5]}")
         rows = frame["row"].astype(str).tolist() if "row" in frame else [""] * len(frame)
         paths = frame["path"].astype(str).tolist()
 
@@ -84,33 +99,25 @@ class PatchStore:
             else:
                 keep.append(k)
 
-        # 2. Patch layout: one flat uint8 buffer, offsets per slot.
-        # windows: integer room windows in image pixels (x0, y0, x1, y1); margin_boxes: whole-pixel margin
-        # windows (x, y, w, h), as canonical_crop cuts them; shapes: patch (h, w); scales: patch pixels
-        # per image pixel (sx, sy)
+        # 2. Patch grids (see the module docstring), all per slot and per axis, x then y.
         n = len(keep)
-        oh, ow = self.out_hw
-        kept = boxes[keep].reshape(-1, 4)
-        margin_windows = integer_windows(expand_box(kept, margin))
-        self.windows = integer_windows(expand_box(kept, self.room))
-        self.margin_boxes = np.column_stack([margin_windows[:, :2], margin_windows[:, 2:] - margin_windows[:, :2]])
-        mw, mh = self.margin_boxes[:, 2], self.margin_boxes[:, 3]
-        if mode == "letterbox":
-            sx = sy = np.minimum(1.0, np.minimum(ow / mw, oh / mh))
-        else:  # shrink on both axes: area-average now, as `crops.resize` would; else keep full resolution
-            both = (mw >= ow) & (mh >= oh)  # (the crop's warp then enlarges bilinearly, as resize does)
-            sx, sy = np.where(both, ow / mw, 1.0), np.where(both, oh / mh, 1.0)
-        ww, wh = self.windows[:, 2] - self.windows[:, 0], self.windows[:, 3] - self.windows[:, 1]
-        self.shapes = np.column_stack([np.maximum(1, np.rint(wh * sy)),
-                                       np.maximum(1, np.rint(ww * sx))]).astype(np.int64)
-        self.scales = np.column_stack([self.shapes[:, 1] / ww, self.shapes[:, 0] / wh])
+        windows = integer_windows(expand_box(boxes[keep].reshape(-1, 4), margin))
+        self.margin_boxes = np.column_stack([windows[:, :2], windows[:, 2:] - windows[:, :2]])  # (x, y, w, h)
+        lengths = self.margin_boxes[:, 2:].astype(np.float64)  # L: (Lx, Ly)
+        self.targets = _fit_sizes(lengths, self.out_hw, mode)  # T: (Tx, Ty), as crops.fit_size gives them
+        self.area = np.all(self.targets <= lengths, axis=1)  # crops.resize area-averages iff both shrink
+        self.pitch = np.where(self.targets < lengths, lengths / self.targets, 1.0)  # q: image px per patch px
+        self.centre = np.where(self.targets < lengths, self.targets, lengths).astype(np.int64)  # margin window
+        self.room = np.ceil(lengths * reach[keep, None] / self.pitch).astype(np.int64)  # patch px each side
+        self.origin = windows[:, :2] - self.room * self.pitch  # image coordinates of the patch's corner
+        self.shapes = (self.centre + 2 * self.room)[:, ::-1].copy()  # (h, w)
         self.slot = {frame.index[k]: s for s, k in enumerate(keep)}
         sizes_bytes = self.shapes[:, 0] * self.shapes[:, 1] * 3
         self.offsets = np.concatenate([[0], np.cumsum(sizes_bytes)]).astype(np.int64)
         self.nbytes = int(self.offsets[-1])
         self._tmp = None
         if self.nbytes > memory_mb * 2**20:
-            self._tmp = tempfile.NamedTemporaryFile(prefix="cropclf-patches-", suffix=".u8", dir=cache_dir)
+            self._tmp = _spill_file(cache_dir)
             self.buffer = np.memmap(self._tmp.name, dtype=np.uint8, mode="w+", shape=(self.nbytes,))
         else:
             self.buffer = np.empty(max(self.nbytes, 1), np.uint8)
@@ -127,7 +134,9 @@ class PatchStore:
             def work(item):
                 path, slots = item
                 try:
-                    self._fill(load_image(path, probed=True), slots)  # step 1 probed it
+                    image = load_image(path, probed=True)  # step 1 probed it
+                    for s in slots:
+                        self.patch(s)[...] = self._resample(image, s)
                     return None
                 except ImageError as e:
                     return path, slots, str(e)
@@ -164,28 +173,21 @@ class PatchStore:
                     "check the coordinates (another image's, or a unit mix-up?)")
         return None
 
-    def _fill(self, image: np.ndarray, slots) -> None:
+    def _resample(self, image: np.ndarray, s: int) -> np.ndarray:
+        """Slot ``s``'s patch from the decoded image: rows first, then columns; padding never allocated."""
         height, width = image.shape[:2]
-        for s in slots:
-            x0, y0, x1, y1 = self.windows[s]
-            if x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height:
-                self.patch(s)[...] = resize(image[y0:y1, x0:x1], self.shapes[s])
-            elif (x1 - x0) * (y1 - y0) <= 4 * height * width:  # pad, then resize: what serving does
-                self.patch(s)[...] = resize(cut_window(image, (x0, y0, x1, y1), self.pad_value), self.shapes[s])
-            else:  # a window many times the image: resize only the part inside, never allocate the rest
-                self._fill_sparse(image, s)
-
-    def _fill_sparse(self, image: np.ndarray, s: int) -> None:
-        x0, y0, x1, y1 = self.windows[s]
-        sx, sy = self.scales[s]
-        patch = self.patch(s)
-        patch[...] = self.pad_value
-        ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, image.shape[1]), min(y1, image.shape[0])
-        px0, py0 = round((ix0 - x0) * sx), round((iy0 - y0) * sy)
-        px1, py1 = min(max(round((ix1 - x0) * sx), px0 + 1), patch.shape[1]), min(max(round((iy1 - y0) * sy), py0 + 1),
-                                                                                   patch.shape[0])
-        if px1 > px0 and py1 > py0:
-            patch[py0:py1, px0:px1] = resize(image[iy0:iy1, ix0:ix1], (py1 - py0, px1 - px0))
+        (ox, oy), (qx, qy), (ph, pw) = self.origin[s], self.pitch[s], self.shapes[s]
+        area = bool(self.area[s])
+        # only the image pixels the grid touches (a linear sample reads one pixel past its position)
+        x0, x1 = max(0, int(np.floor(ox)) - 1), min(width, int(np.ceil(ox + pw * qx)) + 1)
+        y0, y1 = max(0, int(np.floor(oy)) - 1), min(height, int(np.ceil(oy + ph * qy)) + 1)
+        if area and (y1 - y0) * (x1 - x0) <= INTEGRAL_MAX_PIXELS:  # the common case, in one C pass
+            means = _area_means(image[y0:y1, x0:x1], (y0, x0), (oy, ox), (qy, qx), (ph, pw), self.pad_value)
+        else:
+            rows = _resample_axis(image[y0:y1, x0:x1], y0, height, oy, qy, ph, area, self.pad_value)
+            means = _resample_axis(rows.transpose(1, 0, 2), x0, width, ox, qx, pw, area,
+                                   self.pad_value).transpose(1, 0, 2)
+        return np.clip(np.rint(means), 0, 255).astype(np.uint8)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -202,10 +204,19 @@ class PatchStore:
 
     def to_patch(self, s: int, window) -> np.ndarray:
         """Converts an ``(x, y, w, h)`` window in image pixels to the slot's patch pixels."""
-        x0, y0 = self.windows[s, :2]
-        sx, sy = self.scales[s]
+        (ox, oy), (qx, qy) = self.origin[s], self.pitch[s]
         x, y, w, h = window
-        return np.array([(x - x0) * sx, (y - y0) * sy, w * sx, h * sy])
+        return np.array([(x - ox) / qx, (y - oy) / qy, w / qx, h / qy])
+
+    def canonical(self, s: int) -> np.ndarray:
+        """The region's `crops.canonical_crop` (within one grey level): its margin window, resized.
+
+        The margin window is the whole-pixel sub-window ``room : room + centre`` of the patch; on
+        axes already at the canonical pitch the resize leaves it as it is.
+        """
+        (rx, ry), (cx, cy), (tx, ty) = self.room[s], self.centre[s], self.targets[s]
+        window = self.patch(s)[ry:ry + cy, rx:rx + cx]
+        return letterbox(resize(window, (int(ty), int(tx))), self.out_hw, self.pad_value)
 
     def problems_for(self, labels) -> list[Problem]:
         """The problems of the regions with these frame index labels (for split-level reports)."""
@@ -222,6 +233,97 @@ class PatchStore:
         where = f"memory-mapped file ({self._tmp.name})" if self.on_disk else "memory"
         return (f"{len(self)} region patches, {self.nbytes / 2**20:.1f} MiB in {where}; "
                 f"{len(self.problems)} region(s) left out, {len(self.bad_images)} bad image(s)")
+
+
+def _fit_sizes(lengths: np.ndarray, out_hw, mode: str) -> np.ndarray:
+    """`crops.fit_size` for ``[N, 2]`` window lengths ``(Lx, Ly)``: ``[N, 2]`` int64 ``(Tx, Ty)``."""
+    oh, ow = out_hw
+    if mode == "stretch":
+        return np.tile(np.array([ow, oh], np.int64), (len(lengths), 1))
+    scale = np.minimum(oh / lengths[:, 1], ow / lengths[:, 0])
+    # np.round rounds half to even, as Python's round in fit_size does
+    tx = np.maximum(1, np.minimum(ow, np.round(lengths[:, 0] * scale)))
+    ty = np.maximum(1, np.minimum(oh, np.round(lengths[:, 1] * scale)))
+    return np.column_stack([tx, ty]).astype(np.int64)
+
+
+INTEGRAL_MAX_PIXELS = 2**23  # larger windows take the chunked path: an integral image is 4 bytes a value
+
+
+def _area_means(part: np.ndarray, first, origin, pitch, shape, pad_value: int) -> np.ndarray:
+    """Cell means of a ``shape`` grid of ``pitch``-sized cells from ``origin``, as `_resample_axis`
+    gives them with ``area=True`` on both axes, from one integral image.
+
+    ``part`` holds the image pixels from ``first`` (row, column) on; the integral of a piecewise
+    constant image is bilinear inside each pixel, so interpolating the integral image at the cells'
+    fractional edges gives the exact integral over them. Outside the image the signal is ``pad_value``.
+    """
+    sums = cv2.integral(np.ascontiguousarray(part), sdepth=cv2.CV_32S)  # exact: 255 * 2**23 < 2**31
+    inside = []
+    for axis in (0, 1):
+        n = part.shape[axis]
+        edges = origin[axis] + pitch[axis] * np.arange(shape[axis] + 1)
+        t = np.clip(edges, first[axis], first[axis] + n) - first[axis]
+        k = np.minimum(np.floor(t).astype(np.int64), n - 1)
+        f = (t - k)[:, None, None] if axis == 0 else (t - k)[None, :, None]
+        low, high = np.take(sums, k, axis=axis).astype(np.float64), np.take(sums, k + 1, axis=axis)
+        sums = low + f * (high - low)
+        inside.append(np.diff(t))  # length of each cell inside the image
+    cells = sums[1:, 1:] - sums[:-1, 1:] - sums[1:, :-1] + sums[:-1, :-1]
+    if pad_value:
+        cells += pad_value * (pitch[0] * pitch[1] - np.outer(*inside))[..., None]
+    return cells / (pitch[0] * pitch[1])
+
+
+def _resample_axis(a: np.ndarray, first: int, size: int, origin: float, pitch: float, count: int, area: bool,
+                   pad_value: int) -> np.ndarray:
+    """Resamples axis 0 of ``a`` onto ``count`` cells of ``pitch`` pixels starting at ``origin``.
+
+    ``a`` holds pixels ``first, first + 1, ...`` of an axis ``size`` pixels long; beyond the image the
+    signal is ``pad_value`` (as `crops.cut_window` pads). ``area``: each cell is the mean over its
+    interval (exact fractional coverage, as cv2's INTER_AREA); otherwise the linear sample at its
+    centre (as cv2's INTER_LINEAR). Returns float64 ``[count, ...]``.
+    """
+    n = len(a)
+    if area:
+        edges = origin + pitch * np.arange(count + 1)
+        # integral of the padded signal from `first` to each edge: prefix sums plus the partial pixel
+        inside = np.clip(edges, first, first + n) - first
+        k = np.minimum(np.floor(inside).astype(np.int64), max(n - 1, 0))
+        frac = (inside - k).reshape(-1, *[1] * (a.ndim - 1))
+        out = np.empty((count, *a.shape[1:]))
+        chunk = max(1, 2**22 // max(1, n * int(np.prod(a.shape[2:], dtype=np.int64))))  # bounded float copy
+        for c in range(0, max(a.shape[1], 1), chunk):
+            part = a[:, c:c + chunk].astype(np.float64)
+            prefix = np.concatenate([np.zeros((1, *part.shape[1:])), np.cumsum(part, axis=0)])
+            integral = prefix[k] + frac * part[k] if n else np.zeros((count + 1, *part.shape[1:]))
+            out[:, c:c + chunk] = np.diff(integral, axis=0)
+        outside = (np.minimum(edges, first) - first) + np.maximum(edges - first - n, 0)  # padded length
+        if pad_value:
+            out += (pad_value * np.diff(outside)).reshape(-1, *[1] * (a.ndim - 1))
+        return out / pitch
+    t = origin + (np.arange(count) + 0.5) * pitch - 0.5
+    i = np.floor(t).astype(np.int64)
+    w = (t - i).reshape(-1, *[1] * (a.ndim - 1))
+    return (1 - w) * _take(a, i, first, size, pad_value) + w * _take(a, i + 1, first, size, pad_value)
+
+
+def _take(a: np.ndarray, index: np.ndarray, first: int, size: int, pad_value: int) -> np.ndarray:
+    """Pixels ``index`` of the padded axis (``pad_value`` outside ``[0, size)``) from ``a``."""
+    out = a[np.clip(index - first, 0, len(a) - 1)].astype(np.float64)
+    out[(index < 0) | (index >= size)] = pad_value
+    return out
+
+
+def _spill_file(cache_dir):
+    """The temporary file patches spill into, in ``cache_dir`` (made if missing) or the system's folder."""
+    if cache_dir is not None:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"Cannot use the patch cache folder {cache_dir} (`data.cache_dir`): "
+                              f"{e.strerror}. Received: {cache_dir}") from None
+    return tempfile.NamedTemporaryFile(prefix="cropclf-patches-", suffix=".u8", dir=cache_dir)
 
 
 def default_threads() -> int:

@@ -56,30 +56,64 @@ def confusion_matrix(matrix: np.ndarray, classes, path, title: str) -> None:
     _save(fig, path)
 
 
-def contact_sheet(crops, captions, path, columns: int = 8, scale: int = 2, title: str = "") -> None:
-    """A grid of RGB crops, each with up to two caption lines under it (OpenCV, no figure overhead)."""
+MISTAKE = (200, 0, 0)  # RGB: a caption line that reports a wrong prediction
+_FONT, _FONT_SCALE, _LINE_H = cv2.FONT_HERSHEY_SIMPLEX, 0.38, 14
+_MAX_CELL_W = 360  # px: wider captions wrap onto further lines rather than being cut
+
+
+def contact_sheet(crops, captions, path, columns: int = 8, scale: int = 2, title: str = "",
+                  highlight=None) -> None:
+    """A grid of RGB crops with caption lines under each (OpenCV, no figure overhead).
+
+    Args:
+        crops: RGB uint8 crops of one size.
+        captions: per crop, a list of lines (or one string). Every character is drawn: a cell is
+            as wide as its widest line, up to 360 px, and longer lines wrap.
+        highlight: per crop, one bool per caption line: True draws the line in `MISTAKE` red.
+    """
     if len(crops) == 0:
-        crops, captions = [np.zeros((32, 32, 3), np.uint8)], [("(nothing to show)",)]
+        crops, captions, highlight = [np.zeros((32, 32, 3), np.uint8)], [["(nothing to show)"]], None
+    captions = [[str(c) for c in (cap if isinstance(cap, (list, tuple)) else [cap])] for cap in captions]
+    highlight = highlight or [[False] * len(cap) for cap in captions]
     h, w = crops[0].shape[:2]
-    cw, ch = max(w * scale, 140), h * scale
-    lines = max(len(c) if isinstance(c, (list, tuple)) else 1 for c in captions)
-    cell_h = ch + 14 * lines + 6
+    text_w = max(_text_width(_ascii(line)) for cap in captions for line in cap)
+    cw, ch = min(max(w * scale, 140, text_w + 6), max(_MAX_CELL_W, w * scale)), h * scale
+    cells = [[(piece, mark) for line, mark in zip(cap, marks) for piece in _wrap(_ascii(line), cw - 6)]
+             for cap, marks in zip(captions, highlight)]
+    cell_h = ch + _LINE_H * max(len(c) for c in cells) + 6
+    columns = min(columns, len(crops))
     rows = -(-len(crops) // columns)
     top = 24 if title else 0
-    sheet = np.full((top + rows * cell_h, columns * cw, 3), 255, np.uint8)
+    sheet = np.full((top + rows * cell_h, max(columns * cw, _text_width(title, 0.5) + 8), 3), 255, np.uint8)
     if title:
-        cv2.putText(sheet, title, (4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    for k, (crop, caption) in enumerate(zip(crops, captions)):
+        cv2.putText(sheet, title, (4, 17), _FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for k, (crop, cell) in enumerate(zip(crops, cells)):
         r, c = divmod(k, columns)
         y, x = top + r * cell_h, c * cw
         big = cv2.resize(np.asarray(crop, np.uint8), (w * scale, ch), interpolation=cv2.INTER_NEAREST)
         sheet[y:y + ch, x + (cw - w * scale) // 2:x + (cw - w * scale) // 2 + w * scale] = big
-        for i, line in enumerate(caption if isinstance(caption, (list, tuple)) else [caption]):
-            color = (200, 0, 0) if str(line).startswith("pred") and "!" in str(line) else (0, 0, 0)
-            cv2.putText(sheet, _ascii(str(line))[:24], (x + 3, y + ch + 13 + 14 * i), cv2.FONT_HERSHEY_SIMPLEX,
-                        0.38, color, 1, cv2.LINE_AA)
+        for i, (line, mark) in enumerate(cell):
+            cv2.putText(sheet, line, (x + 3, y + ch + 13 + _LINE_H * i), _FONT, _FONT_SCALE,
+                        MISTAKE if mark else (0, 0, 0), 1, cv2.LINE_AA)
     with atomic_file(path, suffix=".png") as tmp:
         cv2.imwrite(str(tmp), sheet[..., ::-1])
+
+
+def _text_width(text: str, scale: float = _FONT_SCALE) -> int:
+    return cv2.getTextSize(text, _FONT, scale, 1)[0][0] if text else 0
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Splits ``text`` into pieces no wider than ``width`` px (at spaces where it can), losing nothing."""
+    pieces = []
+    while _text_width(text) > width:
+        n = len(text)
+        while n > 1 and _text_width(text[:n]) > width:
+            n -= 1
+        cut = text.rfind(" ", 0, n) + 1 or n  # after a space, else mid-word
+        pieces.append(text[:cut])
+        text = text[cut:]
+    return pieces + [text]
 
 
 def _ascii(text: str) -> str:

@@ -1,16 +1,19 @@
-"""Classifies regions with an exported SavedModel alone, and writes the labels back for VIA.
+"""Classifies regions with an exported SavedModel alone.
 
     classifier = Classifier("runs/demo/saved_model")
     frame = read_annotations("via.csv")
     predictions, skipped = predict_regions(classifier, frame)
-    write_via("via.csv", "via_predicted.csv", frame, predictions, classifier.heads)
+    write_predictions(predictions, "predictions.csv")
+    # labels back into the VIA file: cropclf.via_writer.write_via(...)
 
-Only TensorFlow, OpenCV, numpy and pandas: no Keras and nothing of the training code, so a
-machine that serves the model needs none of it. Images are decoded as in training (`load_image`,
-EXIF applied) and each image's regions go through the ``classify_regions`` signature in one call.
-Regions that cannot be classified (points, lines and boxes thinner than the model's
-``crop.min_size``, boxes wholly outside their image, missing or unreadable images) come back as
-`Skipped`, never dropped silently.
+No Keras and nothing of the training code, so a machine that serves the model needs neither:
+importing this module loads OpenCV, Pillow, numpy and pandas; TensorFlow is imported when a
+`Classifier` loads its SavedModel (tests/test_predict.py runs scripts/predict.py with Keras made
+unimportable). Images are decoded as in training (`load_image`, EXIF applied) and each image's
+regions go through the ``classify_regions`` signature in one call. Regions that cannot be classified
+(points, lines and boxes thinner than the model's ``crop.min_size``, boxes wholly outside their
+image or over 10 times its width or height, missing or unreadable images) come back as `Skipped`,
+never dropped silently.
 """
 
 from __future__ import annotations
@@ -142,6 +145,8 @@ def regions_from_boxes(image, boxes: list[str]) -> pd.DataFrame:
 def predict_regions(clf: Classifier, frame: pd.DataFrame, draw_dir=None,
                     progress: bool = True) -> tuple[pd.DataFrame, list[Skipped]]:
     """Classifies every region of ``frame`` (from `read_annotations`), one signature call per image.
+
+    ``draw_dir``: also write each image with its boxes and predicted labels there, as PNG.
 
     Returns:
         The predictions (index: the frame's, columns `COLUMNS` then per head ``<head>`` and

@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from cropclf.augment import build_augmentation  # noqa: E402
 from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
-from cropclf.crops import fit_size, jitter_window, letterbox, output_to_source, room_fraction  # noqa: E402
+from cropclf.crops import fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
 from cropclf.labels import LabelMap, encode_heads, output_keys  # noqa: E402
 from cropclf.patches import PatchStore, Problem, default_threads  # noqa: E402
@@ -79,9 +79,8 @@ class CropSequence(keras.utils.PyDataset):
         self.augment_cfg = augment if isinstance(augment, AugmentConfig) else None
         self.shuffle = bool(self.jitter) if shuffle is None else shuffle
         if store is None:
-            j = self.jitter or AugmentConfig(shift=0, scale=0)
-            store = PatchStore(frame, self.crop.image_size, self.crop.margin,
-                               room_fraction(self.crop.margin, j.shift, j.scale), self.crop.resize,
+            reach = jitter_reach(self.jitter.shift, self.jitter.scale) if self.jitter else 0.0
+            store = PatchStore(frame, self.crop.image_size, self.crop.margin, reach, self.crop.resize,
                                self.crop.min_size, self.crop.pad_value, threads=decode_threads or default_threads(),
                                progress=progress)
         self.store = store
@@ -108,6 +107,7 @@ class CropSequence(keras.utils.PyDataset):
             self.weights = {h: np.ones(len(self.slots), np.float32) for h in self.heads}
         self._eye = {h: np.eye(len(m), dtype=np.float32) for h, m in label_maps.items()}
         self.epoch = 0
+        self._order = (None, None)  # (epoch, permutation): one permutation per epoch, not per batch
 
     # --- the PyDataset contract ---------------------------------------------------------------
 
@@ -127,7 +127,14 @@ class CropSequence(keras.utils.PyDataset):
         epoch = self.epoch if epoch is None else epoch
         if not self.shuffle:
             return np.arange(len(self.slots))
-        return np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.slots))
+        cached_epoch, cached = self._order  # one read: threads may replace the pair meanwhile
+        if cached_epoch != epoch:
+            # derived from (seed, epoch) alone, so threads racing here, or processes each holding their
+            # own copy, compute the same array; the pair is replaced in one assignment
+            cached = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.slots))
+            cached.setflags(write=False)
+            self._order = (epoch, cached)
+        return cached
 
     def __getitem__(self, i: int):
         if not 0 <= i < len(self):
@@ -159,20 +166,25 @@ class CropSequence(keras.utils.PyDataset):
         X = np.empty((len(positions), oh, ow, 3), np.uint8)
         rng = np.random.default_rng([self.seed, 2, epoch, batch]) if self.jitter else None
         aug = self._augmentation(int(rng.integers(2**31))) if rng is not None else None
+        # no jitter: the margin window is whole patch pixels, resized as canonical_crop resizes it
+        jitter = rng is not None and (self.jitter.shift > 0 or self.jitter.scale > 0)
         for k, p in enumerate(positions):
             s = self.slots[p]
-            window = self.store.margin_boxes[s]
-            if rng is not None:
-                window = jitter_window(window, rng, self.jitter.shift, self.jitter.scale)
-            th, tw = fit_size((window[3], window[2]), (oh, ow), self.crop.resize)
-            M = output_to_source(self.store.to_patch(s, window), (th, tw), "stretch")
-            # the patch already holds padding where the image ends: replicate its edge, as resize does
-            crop = cv2.warpAffine(self.store.patch(s), M, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                  borderMode=cv2.BORDER_REPLICATE)
-            X[k] = letterbox(crop, (oh, ow), self.crop.pad_value) if (th, tw) != (oh, ow) else crop
+            X[k] = self._jittered(s, rng) if jitter else self.store.canonical(s)
             if aug is not None:
                 X[k] = aug(image=X[k])["image"]
         return X.astype(np.float32)
+
+    def _jittered(self, s: int, rng: np.random.Generator) -> np.ndarray:
+        oh, ow = self.crop.image_size
+        window = jitter_window(self.store.margin_boxes[s], rng, self.jitter.shift, self.jitter.scale)
+        th, tw = fit_size((window[3], window[2]), (oh, ow), self.crop.resize)
+        M = output_to_source(self.store.to_patch(s, window), (th, tw), "stretch")
+        # the patch reaches as far as the jitter can (PatchStore's reach): the border mode only fills
+        # the half pixel an enlarging warp samples beyond the window's edge, as resize does
+        crop = cv2.warpAffine(self.store.patch(s), M, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
+        return letterbox(crop, (oh, ow), self.crop.pad_value)
 
     def _augmentation(self, seed: int):
         if self._compose is not None:  # a private copy: Compose objects are not thread-safe

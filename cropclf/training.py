@@ -91,6 +91,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping, verbose=1),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),
+        StallNotice(monitor, state["history"] if state else None, log=lambda text: log("\n" + text)),
     ]
     callbacks.append(RunState(run_dir, monitor, output_keys(cfg.data.heads), state, callbacks))
     artifacts.write_json(run_dir / "status.json", {"state": "running", "since": time.time()})
@@ -156,6 +157,36 @@ class RunState(keras.callbacks.Callback):
         artifacts.write_json(self.run_dir / "state.json", self.state)  # last: marks the epoch complete
 
 
+class StallNotice(keras.callbacks.Callback):
+    """Says after each epoch that did not improve the monitored loss since when, so a run that is not
+    learning shows itself while it trains: ``Epoch 7: val_loss 0.6990 has not improved since epoch 2
+    (best 0.6931)``.
+
+    Args:
+        monitor: the loss early stopping watches.
+        history: the history so far of a resumed run (its best epoch counts), else None.
+        log: receives each line (training prefixes a newline to end Keras' progress-bar line first,
+            as Keras' own callbacks do).
+    """
+
+    def __init__(self, monitor: str, history: dict | None = None, log=print):
+        super().__init__()
+        self.monitor, self.log = monitor, log
+        past = enumerate((history or {}).get(monitor, []))
+        finite = [(v, e + 1) for e, v in past if np.isfinite(v)]
+        self.best, self.best_epoch = min(finite) if finite else (np.inf, 0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        if value < self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+        else:
+            self.log(f"Epoch {epoch + 1}: {self.monitor} {value:.4f} has not improved since epoch "
+                     f"{self.best_epoch} (best {self.best:.4f})")
+
+
 def _check_images(cfg: Config, data: Prepared, log) -> None:
     bad = data.store.bad_images
     if bad and not cfg.data.skip_bad_images:
@@ -197,10 +228,14 @@ def _class_weights(data: Prepared, cfg: Config) -> dict:
     """Per head, ``n / (k * n_c)`` over the training split: rare classes count as much as common ones."""
     from cropclf.labels import encode_heads
 
-    labels = encode_heads(data.split("train"), data.label_maps)
+    frame = data.split("train")
+    labels = encode_heads(frame, data.label_maps)
+    # only the regions the training sequence uses: croppable and labelled for every head
+    used = np.array([data.store.has(i) for i in frame.index], bool)
+    used &= np.all([v >= 0 for v in labels.values()], axis=0)
     out = {}
     for head, ids in labels.items():
-        counts = np.bincount(ids[ids >= 0], minlength=len(data.label_maps[head])).astype(np.float64)
+        counts = np.bincount(ids[used], minlength=len(data.label_maps[head])).astype(np.float64)
         present = counts > 0
         w = np.ones_like(counts)
         w[present] = counts[present].sum() / (present.sum() * counts[present])

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cropclf.crops import (canonical_crop, cut_window, expand_box, fit_size, integer_window, jitter_window,
-                           output_to_source, room_fraction)
+                           jitter_reach, output_to_source)
 
 IMAGE = np.arange(37 * 53 * 3, dtype=np.uint32).reshape(37, 53, 3).astype(np.uint8)  # non-square
 
@@ -54,15 +54,17 @@ def test_output_to_source_maps_corners():
     np.testing.assert_allclose(m @ [2, 3, 1], [10 + 25 - 0.5, 20 + 35 - 0.5])
 
 
-def test_jitter_is_bounded_by_room():
+def test_jitter_is_bounded_by_reach():
+    # the sequence jitters the whole-pixel margin window; jitter_reach bounds how far its edges move
     rng = np.random.default_rng(0)
-    box, margin, shift, scale = np.array([100.0, 50, 40, 20]), 0.15, 0.1, 0.2
-    window = expand_box(box, margin)
-    room = expand_box(box, room_fraction(margin, shift, scale))
+    box, margin, shift, scale = np.array([100.3, 50.6, 40.2, 20.7]), 0.15, 0.1, 0.2
+    x0, y0, x1, y1 = integer_window(expand_box(box, margin))
+    window = np.array([x0, y0, x1 - x0, y1 - y0], float)
+    reach = jitter_reach(shift, scale) * window[2:]
     for _ in range(500):
         x, y, w, h = jitter_window(window, rng, shift, scale)
-        assert x >= room[0] - 1e-9 and y >= room[1] - 1e-9
-        assert x + w <= room[0] + room[2] + 1e-9 and y + h <= room[1] + room[3] + 1e-9
+        assert x >= x0 - reach[0] - 1e-9 and y >= y0 - reach[1] - 1e-9
+        assert x + w <= x1 + reach[0] + 1e-9 and y + h <= y1 + reach[1] + 1e-9
 
 
 @settings(max_examples=200, deadline=None)
@@ -76,3 +78,56 @@ def test_any_box_any_image_gives_requested_shape(x, y, w, h, margin, ih, iw, oh,
     outside = x >= iw or y >= ih or x + w * (1 + margin) < -margin * w or y + h * (1 + margin) < -margin * h
     if outside and (x - margin * w >= iw or y - margin * h >= ih):
         assert out.max() == 0  # wholly outside: all padding
+
+
+# Sharp black/white noise (37x53, non-square): any off-by-one in the crop moves whole 0/255 steps.
+SHARP = (np.random.default_rng(7).integers(0, 2, (37, 53, 3)) * 255).astype(np.uint8)
+
+
+def padded(image, x0, y0, x1, y1, pad):
+    """The window ``[x0, x1) x [y0, y1)`` of ``image``, pixel by pixel, ``pad`` outside it."""
+    h, w = image.shape[:2]
+    out = np.full((y1 - y0, x1 - x0, 3), pad, np.uint8)
+    for yy in range(y0, y1):
+        for xx in range(x0, x1):
+            if 0 <= yy < h and 0 <= xx < w:
+                out[yy - y0, xx - x0] = image[yy, xx]
+    return out
+
+
+@pytest.mark.parametrize("box", [
+    (-3, 6, 10, 8),     # partly outside the left edge
+    (7, -5, 10, 8),     # partly outside the top edge
+    (-3, -5, 10, 8),    # across the top-left corner
+    (-0.5, -0.5, 4, 3),  # half a pixel outside: the window snaps out to a whole padded column/row
+    (-1, -1, 60, 45),   # larger than the image, outside on every side
+    (-10, 4, 10, 8),    # wholly outside, touching the left edge
+    (4, -8, 10, 8),     # wholly outside, touching the top edge
+    (-40, -30, 10, 8),  # wholly outside, up and to the left
+])
+def test_crop_beyond_left_and_top_edges_is_exact(box):
+    # margin 0 and an output the window's size: no resampling, every pixel is known exactly.
+    x0, y0, x1, y1 = integer_window(box)
+    out = canonical_crop(SHARP, box, (y1 - y0, x1 - x0), margin=0, pad_value=7)
+    np.testing.assert_array_equal(out, padded(SHARP, x0, y0, x1, y1, 7))
+    assert (out == 7).any() and ((out == 7).all() == (x1 <= 0 or y1 <= 0))
+
+
+def test_area_shrunk_crop_beyond_left_and_top_edges_is_exact():
+    # 2x2 constant blocks, box grown by margin 0.25 to the even window [-6, 6) x [-8, 10): a 2x area
+    # shrink averages each block (or padding) exactly, so every output pixel is known.
+    blocks = (np.random.default_rng(3).integers(0, 2, (19, 27, 3)) * 255).astype(np.uint8)
+    image = np.repeat(np.repeat(blocks, 2, axis=0), 2, axis=1)[:37, :53]
+    box = (-4, -5, 8, 12)
+    assert integer_window(expand_box(box, 0.25)) == (-6, -8, 6, 10)
+    out = canonical_crop(image, box, (9, 6), margin=0.25, pad_value=7)
+    expected = padded(image, -6, -8, 6, 10, 7)[::2, ::2]
+    np.testing.assert_array_equal(out, expected)
+    assert (out[:4] == 7).all() and (out[:, :3] == 7).all() and (out[4:, 3:] == blocks[:5, :3]).all()
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox"])
+def test_crop_wholly_outside_left_or_top_is_all_padding(mode):
+    for box in [(-30.5, 10, 12, 9), (10, -25.25, 12, 9), (-100, -100, 50, 20)]:
+        out = canonical_crop(SHARP, box, (16, 24), margin=0.15, mode=mode, pad_value=7)
+        assert out.shape == (16, 24, 3) and (out == 7).all(), box

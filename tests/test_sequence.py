@@ -112,22 +112,72 @@ def test_letterbox_mode_pads(tiny_images):
     assert X[0, 0].max() == 0 and X[0, 16].max() > 0
 
 
-def test_jitter_takes_context_from_real_pixels(tiny_images):
-    # a box in the middle of an image: even shifted and scaled, the crop has no padding in it
-    frame = tiny_images.iloc[[0]].copy()
-    frame[["x", "y", "width", "height"]] = [50.0, 35.0, 30.0, 25.0]  # room to move inside a 153x101 image
-    seq = make(frame, batch_size=1, augment=AugmentConfig(shift=0.1, scale=0.2, hflip=0, rotate=0, color=0, blur=0))
-    for epoch in range(10):
+def sharp_frame(tmp_path, box):
+    """One black/white noise image (101x153) with one region on it."""
+    from conftest import regions_frame, write_image
+
+    image = (np.random.default_rng(3).integers(0, 2, (101, 153, 3)) * 255).astype(np.uint8)
+    path = str(write_image(tmp_path / "sharp.png", image))
+    x, y, w, h = box
+    return image, regions_frame([{"path": path, "x": x, "y": y, "width": w, "height": h, "name": "a", "type": "b"}])
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_jitter_takes_context_from_real_pixels(tmp_path, monkeypatch, room):
+    # A small box in the middle of a sharp image (its patch is at full resolution): every jittered crop
+    # must equal the same window warped straight out of the whole image. Without jitter room in the
+    # patch (room=False: a store built without reach), the window leaves the patch and the crop takes
+    # replicated edge pixels instead: the comparison must then fail, or this test proves nothing.
+    import cv2
+
+    from cropclf import sequence
+    from cropclf.crops import fit_size, output_to_source
+
+    image, frame = sharp_frame(tmp_path, (60.4, 40.7, 12.3, 9.6))
+    augment = AugmentConfig(shift=0.1, scale=0.2, hflip=0, rotate=0, color=0, blur=0)  # jitter alone
+    store = None if room else PatchStore(frame, CROP.image_size, CROP.margin, 0.0, progress=False)
+    seq = make(frame, batch_size=1, augment=augment, store=store)
+    windows, real = [], sequence.jitter_window
+
+    def spy(*args):  # records the window each crop is cut from
+        windows.append(real(*args))
+        return windows[-1]
+
+    monkeypatch.setattr(sequence, "jitter_window", spy)
+    worst = 0.0
+    for epoch in range(40):
         seq.set_epoch(epoch)
-        assert seq[0][0].min() > 0
+        X = seq[0][0][0]
+        window = windows[-1]
+        th, tw = fit_size((window[3], window[2]), CROP.image_size, "stretch")
+        M = output_to_source(window, (th, tw), "stretch")
+        ref = cv2.warpAffine(image, M, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                             borderMode=cv2.BORDER_REPLICATE)
+        worst = max(worst, float(np.abs(X - ref).max()))
+    assert len(set(map(tuple, windows))) == 40  # really jittered
+    if room:
+        assert worst <= 1
+    else:
+        assert worst > 100
 
 
-def test_user_compose(tiny_images):
+@pytest.mark.parametrize("transform, applied", [
+    ("InvertImg", lambda X: 255 - X),
+    ("VerticalFlip", lambda X: X[:, ::-1]),
+])
+def test_user_compose(tiny_images, transform, applied):
+    """A user's Compose replaces the presets: the default box jitter, then exactly that transform."""
     import albumentations as A
 
-    seq = make(tiny_images, batch_size=4, augment=A.Compose([A.VerticalFlip(p=1.0)]), seed=0)
-    X, _ = seq[0]
-    assert X.shape == (4, 24, 40, 3)
+    jitter_only = AugmentConfig(hflip=0, rotate=0, color=0, blur=0)  # default shift and scale
+    plain = make(tiny_images, batch_size=4, augment=jitter_only, seed=0)
+    user = make(tiny_images, batch_size=4, augment=A.Compose([getattr(A, transform)(p=1.0)]), seed=0)
+    for i in range(len(plain)):
+        (X0, y0), (X1, y1) = plain[i], user[i]
+        assert X1.shape == X0.shape and X1.shape[1:] == (24, 40, 3)
+        np.testing.assert_array_equal(y1["name"], y0["name"])  # same regions, same order
+        np.testing.assert_array_equal(X1, applied(X0))
+        assert not np.array_equal(X1, X0)  # the transform changes these crops
 
 
 def test_class_weights_become_sample_weights(tiny_images):
