@@ -12,7 +12,7 @@ from cropclf import artifacts
 from cropclf.annotations import read_annotations
 from cropclf.config import Config
 from cropclf.dataset import load_frame
-from cropclf.labels import encode_heads, load_label_maps
+from cropclf.labels import encode_heads, load_label_maps, output_keys
 from cropclf.patches import PatchStore, default_threads
 from cropclf.plots import confusion_matrix, contact_sheet
 from cropclf.sequence import CropSequence
@@ -277,11 +277,11 @@ def _worst_sheet(seq: CropSequence, maps, probs, badness: np.ndarray, wrong: np.
     order = np.argsort(-badness)
     order = order[wrong[order]][:count]  # misclassified on some head, least probable true label first
     crops = seq.crops(order) if len(order) else []
-    captions, highlight = [], []
+    captions, highlight, keys = [], [], output_keys(maps)
     for k in order:
         lines, marks = [], []
         for h, m in maps.items():
-            p = np.asarray(probs[seq.keys[h]])[k]
+            p = np.asarray(probs[keys[h]])[k]
             t, q = seq.labels[h][k], int(p.argmax())
             lines.append(f"{h}: {m.classes[t]}" + ("" if t == q else f" -> {m.classes[q]}!"))
             marks.append(bool(t != q))
