@@ -13,6 +13,16 @@ from pathlib import Path
 
 from cropclf.errors import ConfigError
 
+SEED_LIMIT = 2**32  # NumPy's and Keras' seeds are unsigned 32-bit integers
+
+
+def _integers(section: str, obj, names) -> None:
+    """Refuses a non-integer count (a float, a string or a bool from a config file or ``--set``)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"`{section}.{name}` must be an integer. Received: {value!r}")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -32,6 +42,8 @@ class DataConfig:
             raise ConfigError(f"`data.cache_memory_mb` must be >= 0. Received: {self.cache_memory_mb}")
         if len(self.heads) == 0 or len(set(self.heads)) != len(self.heads):
             raise ConfigError(f"`data.heads` must name one or more distinct attributes. Received: {self.heads}")
+        if not all(isinstance(h, str) and h.strip() for h in self.heads):
+            raise ConfigError(f"`data.heads` must be non-blank attribute names. Received: {list(self.heads)}")
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1) > 1e-6:
             raise ConfigError(f"`data.split` must be three fractions >= 0 summing to 1. Received: {self.split}")
         if self.split[0] <= 0:
@@ -47,7 +59,11 @@ class CropConfig:
     min_size: float = 2.0  # boxes narrower or lower than this many pixels cannot be cropped
 
     def __post_init__(self):
+        if len(self.image_size) != 2:
+            raise ConfigError(f"`crop.image_size` must be (height, width). Received: {self.image_size}")
         h, w = self.image_size
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in self.image_size):
+            raise ConfigError(f"`crop.image_size` must be two integers. Received: {self.image_size}")
         if not (8 <= h <= 1024 and 8 <= w <= 1024):
             raise ConfigError(f"`crop.image_size` must be (height, width) in [8, 1024]. Received: {self.image_size}")
         if not 0 <= self.margin <= 2:
@@ -83,6 +99,10 @@ class ModelConfig:
     dropout: float = 0.2  # before each head
 
     def __post_init__(self):
+        _integers("model", self, ("width",))
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ConfigError(f"`model.backbone` must be 'small' or a keras.applications name. "
+                              f"Received: {self.backbone!r}")
         if self.width < 4:
             raise ConfigError(f"`model.width` must be >= 4. Received: {self.width}")
         if not 0 <= self.dropout < 1:
@@ -104,11 +124,21 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto": float16 compute on a GPU, float32 on CPU; "on"; "off"
 
     def __post_init__(self):
+        _integers("train", self, ("epochs", "batch_size", "seed", "workers", "early_stopping", "reduce_lr"))
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("`train.epochs` and `train.batch_size` must be >= 1. "
                               f"Received: {self.epochs}, {self.batch_size}")
         if self.workers < 1:
             raise ConfigError(f"`train.workers` must be >= 1. Received: {self.workers}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"`train.seed` must be in [0, 2**32 - 1] (NumPy and Keras take unsigned 32-bit "
+                              f"seeds). Received: {self.seed}")
+        if self.early_stopping < 0 or self.reduce_lr < 0:
+            raise ConfigError("`train.early_stopping` and `train.reduce_lr` must be >= 0 epochs. "
+                              f"Received: {self.early_stopping}, {self.reduce_lr}")
+        if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
+                or not 0 < self.learning_rate < float("inf"):
+            raise ConfigError(f"`train.learning_rate` must be a number > 0. Received: {self.learning_rate!r}")
         choices = {"class_weight": ("balanced", "none"), "distribute": ("none", "mirrored", "multiworker"),
                    "mixed_precision": ("auto", "on", "off")}
         for name, allowed in choices.items():

@@ -12,8 +12,7 @@ from cropclf import artifacts
 from cropclf.annotations import read_annotations
 from cropclf.config import Config
 from cropclf.dataset import load_frame
-from cropclf.labels import encode_heads, load_label_maps
-from cropclf.model import output_name
+from cropclf.labels import encode_heads, load_label_maps, output_keys
 from cropclf.patches import PatchStore, default_threads
 from cropclf.plots import confusion_matrix, contact_sheet
 from cropclf.sequence import CropSequence
@@ -71,11 +70,11 @@ def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", ou
     with artifacts.atomic_dir(out_dir) as tmp:
         worst = []
         for h, m in maps.items():
-            p = np.asarray(probs[output_name(h)])
+            p = np.asarray(probs[seq.keys[h]])
             y_true, y_pred = seq.labels[h], p.argmax(axis=1)
             correct_all &= y_true == y_pred
             r = report["heads"][h] = head_metrics(y_true, y_pred, m.classes, groups, h, resamples, seed)
-            confusion_matrix(np.array(r["confusion"]), m.classes, tmp / f"confusion_{h}.png",
+            confusion_matrix(np.array(r["confusion"]), m.classes, tmp / f"confusion_{seq.keys[h]}.png",
                              f"{h}: accuracy {r['accuracy']:.3f} (always '{r['majority_baseline']['class']}': "
                              f"{r['majority_baseline']['accuracy']:.3f})")
             worst.append(1 - p[np.arange(len(y_true)), y_true])
@@ -106,7 +105,8 @@ def serving_agreement(saved_model, frame, seq: CropSequence, probs, maps) -> dic
         out = classify(image=tf.constant(load_image(path)), boxes=tf.constant(boxes))
         pos = [position[label] for label in group.index]
         for h in maps:
-            served, local = out[f"{output_name(h)}_probabilities"].numpy(), np.asarray(probs[output_name(h)])[pos]
+            key = seq.keys[h]
+            served, local = out[f"{key}_probabilities"].numpy(), np.asarray(probs[key])[pos]
             same[h][pos] = served.argmax(1) == local.argmax(1)
             worst[h] = max(worst[h], float(np.abs(served - local).max()))
     return {h: {"same_label": float(same[h].mean()), "max_probability_difference": worst[h]} for h in maps}
@@ -277,11 +277,11 @@ def _worst_sheet(seq: CropSequence, maps, probs, badness: np.ndarray, wrong: np.
     order = np.argsort(-badness)
     order = order[wrong[order]][:count]  # misclassified on some head, least probable true label first
     crops = seq.crops(order) if len(order) else []
-    captions, highlight = [], []
+    captions, highlight, keys = [], [], output_keys(maps)
     for k in order:
         lines, marks = [], []
         for h, m in maps.items():
-            p = np.asarray(probs[output_name(h)])[k]
+            p = np.asarray(probs[keys[h]])[k]
             t, q = seq.labels[h][k], int(p.argmax())
             lines.append(f"{h}: {m.classes[t]}" + ("" if t == q else f" -> {m.classes[q]}!"))
             marks.append(bool(t != q))

@@ -1,7 +1,8 @@
 """SavedModel export: one self-contained artefact that classifies regions with TensorFlow alone.
 
-Signatures (each returns, per head ``h``: ``h_label`` string ``[N]``, ``h_score`` float ``[N]``,
-``h_probabilities`` float ``[N, classes]``):
+Signatures (each returns, per head, by its output key ``k`` (`cropclf.labels.output_keys`: head names
+may hold spaces, digits or any script, keys are ``[a-z][a-z0-9_]*``): ``k_label`` string ``[N]``,
+``k_score`` float ``[N]``, ``k_probabilities`` float ``[N, classes]``):
 
 * ``serving_default(images)``: uint8 ``[N, H, W, 3]`` crops the caller cut out, resized in the graph;
 * ``classify_regions(image, boxes)``: one uint8 ``[H, W, 3]`` image and float ``[K, 4]`` VIA boxes
@@ -9,7 +10,9 @@ Signatures (each returns, per head ``h``: ``h_label`` string ``[N]``, ``h_score`
   (`cropclf.crops.canonical_crop`: margin, whole-pixel window, padding, area resize);
 * ``classify_jpeg(image_bytes, boxes)``: encoded JPEG/PNG bytes, decoded in the graph with the EXIF
   orientation applied (as VIA and OpenCV show the image), then as ``classify_regions``;
-* ``metadata()``: the label maps and preprocessing settings as JSON strings.
+* ``metadata()``: JSON strings: ``labels_json`` (the label maps, by head name), ``preprocessing_json``
+  (size, margin, resize mode, padding) and ``heads_json`` (per head, in order: its name, key, the
+  names of its three outputs and its classes), so a client finds a head's outputs without cropclf.
 
 The export path (``runs/x/saved_model``) is a link to the newest numbered version folder beside it
 (``runs/x/saved_model.versions/<N>``, TF Serving's layout), swapped in one rename: see `publish_version`.
@@ -31,8 +34,7 @@ import tensorflow as tf
 
 from cropclf import artifacts
 from cropclf.config import Config
-from cropclf.labels import LabelMap, label_maps_to_json, load_label_maps
-from cropclf.model import output_name
+from cropclf.labels import LabelMap, label_maps_to_json, load_label_maps, output_keys
 
 
 def export_run(run_dir, out_dir=None, log=print) -> Path:
@@ -56,7 +58,7 @@ def export_saved_model(model: keras.Model, label_maps: dict[str, LabelMap], cfg:
     crop = cfg.crop
     out_hw = tuple(crop.image_size)
     heads = list(label_maps)
-    names = {h: output_name(h) for h in heads}
+    names = output_keys(heads)
     classes = {h: tf.constant(label_maps[h].classes, tf.string) for h in heads}
     metadata = {
         "labels_json": tf.constant(label_maps_to_json(label_maps)),
@@ -64,6 +66,11 @@ def export_saved_model(model: keras.Model, label_maps: dict[str, LabelMap], cfg:
             "image_size": list(out_hw), "margin": crop.margin, "resize": crop.resize,
             "pad_value": crop.pad_value, "box_format": "VIA (x, y, width, height) in image pixels",
             "pixels": "uint8 RGB, 0..255; EXIF orientation applied by classify_jpeg", "heads": heads})),
+        # Head names may hold anything; outputs are named by key. A client finds a head's outputs here.
+        "heads_json": tf.constant(json.dumps(
+            [{"head": h, "key": k, "label": f"{k}_label", "score": f"{k}_score",
+              "probabilities": f"{k}_probabilities", "classes": label_maps[h].classes} for h, k in names.items()],
+            ensure_ascii=False)),
     }
 
     def predict(batch):

@@ -3,13 +3,49 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from cropclf.errors import LabelError
+from cropclf.errors import ConfigError, LabelError
+
+KEY_LENGTH = 40  # output keys become file names (confusion_<key>.png) and TF names: keep them short
+RESERVED_KEYS = ("image", "trunk")  # the model's input and trunk layers: an output cannot share their names
+
+
+def output_keys(heads) -> dict[str, str]:
+    """Each head's output key: the name of its model output, history columns and SavedModel outputs.
+
+    VIA attribute names can hold anything (``Class Name``, ``2``, ``colour/shade``, ``цвет``), but
+    Keras outputs, TensorFlow signature keys and file names need plain ASCII. The rule: the head name
+    lower-cased, each run of characters outside ``a-z0-9`` replaced by one ``_``, ``_`` trimmed from
+    both ends, cut to 40 characters. Where that is empty, starts with a digit, has the form
+    ``head_<n>`` (kept for the fallback), is ``image`` or ``trunk`` (the model's own layers) or is
+    already an earlier head's key, the key is ``head_<n>``, n being the head's 1-based position in
+    ``heads``. Keys are therefore distinct ``[a-z][a-z0-9_]*`` names; lower case because keys name
+    files, and some file systems ignore case. The SavedModel's ``metadata()["heads_json"]`` lists
+    each head with its key, so a client never needs to apply this rule itself.
+
+    Args:
+        heads: head names in order (``data.heads``, the order of ``labels.json``).
+
+    Returns:
+        head name -> output key, in the same order.
+    """
+    heads = list(heads)
+    keys: dict[str, str] = {}
+    for n, head in enumerate(heads, 1):
+        if not isinstance(head, str) or not head.strip():
+            raise ConfigError(f"Head names must be non-blank strings. Received: {heads!r}")
+        key = re.sub(r"[^a-z0-9]+", "_", head.lower()).strip("_")[:KEY_LENGTH].rstrip("_")
+        if not key or key[0].isdigit() or re.fullmatch(r"head_\d+", key) or key in RESERVED_KEYS \
+                or key in keys.values():
+            key = f"head_{n}"
+        keys[head] = key
+    return keys
 
 
 def head_column(frame: pd.DataFrame, head: str) -> str:

@@ -1,4 +1,4 @@
-"""The two-head (or N-head) CNN: a shared trunk, one named softmax head per label.
+"""The two-head (or N-head) CNN: a shared trunk, one softmax head per label, named by its output key.
 
 The model takes raw pixels in the 0..255 range: scaling lives inside it, so the SavedModel and any
 caller feed the same numbers CropSequence does.
@@ -12,53 +12,85 @@ import keras
 
 from cropclf.config import ModelConfig
 from cropclf.errors import ConfigError
+from cropclf.labels import output_keys
 
 # keras.applications trunks whose own preprocessing takes 0..255 pixels.
 _SELF_SCALING = ("MobileNetV3Small", "MobileNetV3Large", "EfficientNetB", "EfficientNetV2", "ConvNeXt")
 
 
-def output_name(head: str) -> str:
-    """A head's output (layer) name: the head name with anything but ``[A-Za-z0-9_]`` as ``_``."""
-    name = re.sub(r"\W", "_", head, flags=re.ASCII)
-    return name if re.match(r"[A-Za-z]", name) else f"head_{name}"
-
-
 def build_model(cfg: ModelConfig, image_size, num_classes: dict[str, int], seed: int = 0) -> keras.Model:
-    """Builds the functional model ``image -> {head: probabilities}``.
+    """Builds the functional model ``image -> {output key: probabilities}``.
+
+    Each head's output (and its Dense layer) is named by its output key (`cropclf.labels.output_keys`),
+    whatever the head's own name holds. The trunk is a nested model named ``trunk`` and the head's
+    dropout layer is ``<key>-dropout``, so no head name can collide with another layer's.
 
     Args:
         cfg: trunk choice and width.
         image_size: ``(height, width)`` of the input crops.
         num_classes: head name -> number of classes, in head order.
         seed: seeds weight initialisation.
+
+    Raises:
+        ConfigError: an unknown backbone, or an input smaller than the backbone accepts.
     """
-    names = [output_name(h) for h in num_classes]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"Head names must stay distinct as output names {names}. Received: {list(num_classes)}")
+    keys = list(output_keys(num_classes).values())
     inputs = keras.Input((*image_size, 3), name="image")
-    features = _trunk(cfg, inputs, seed)
+    features = trunk(cfg, image_size, seed)(inputs)
     outputs = {}
     for k, n in enumerate(num_classes.values()):
-        x = keras.layers.Dropout(cfg.dropout, seed=seed + k, name=f"{names[k]}_dropout")(features)
-        outputs[names[k]] = keras.layers.Dense(
-            n, activation="softmax", dtype="float32", name=names[k],
+        x = keras.layers.Dropout(cfg.dropout, seed=seed + k, name=f"{keys[k]}-dropout")(features)
+        outputs[keys[k]] = keras.layers.Dense(
+            n, activation="softmax", dtype="float32", name=keys[k],
             kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 100 + k))(x)
     return keras.Model(inputs, outputs, name=f"cropclf_{cfg.backbone}")
 
 
-def _trunk(cfg: ModelConfig, inputs, seed: int):
+def check_backbone(cfg: ModelConfig, image_size) -> None:
+    """Raises `ConfigError` now, before any data work, if `trunk` would refuse ``cfg`` or ``image_size``."""
     if cfg.backbone == "small":
-        return _small_trunk(inputs, cfg.width, seed)
+        _check_small(image_size)
+    else:
+        trunk(cfg, image_size, 0)  # keras.applications check sizes only while building: build once, discard
+
+
+# The small trunk's stem halves the input (rounding up), then three poolings halve it (rounding down):
+# 15 px is the least that leaves one pixel at the end.
+SMALL_MIN_SIZE = 15
+
+
+def _check_small(image_size) -> None:
+    if min(image_size) < SMALL_MIN_SIZE:
+        raise ConfigError(f"Backbone small needs input crops of at least {SMALL_MIN_SIZE}x{SMALL_MIN_SIZE} px; "
+                          f"crop.image_size is {image_size[0]}x{image_size[1]}. Pass a larger --image-size. "
+                          f"Received: {tuple(image_size)}")
+
+
+def trunk(cfg: ModelConfig, image_size, seed: int = 0) -> keras.Model:
+    """The shared feature extractor ``pixels (0..255) -> features``, as one nested model."""
+    inputs = keras.Input((*image_size, 3), name="pixels")
+    if cfg.backbone == "small":
+        _check_small(image_size)
+        return keras.Model(inputs, _small_trunk(inputs, cfg.width, seed), name="trunk")
     factory = getattr(keras.applications, cfg.backbone, None)
-    if factory is None or not callable(factory):
+    if factory is None or not callable(factory) or not cfg.backbone[:1].isupper():
         known = sorted(n for n in dir(keras.applications) if n[0].isupper())
         raise ConfigError(f"`model.backbone` must be 'small' or a keras.applications model such as "
                           f"{known[:6]}... Received: {cfg.backbone!r}")
     x = inputs
     if not cfg.backbone.startswith(_SELF_SCALING):
         x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="scale_pixels")(x)
-    trunk = factory(include_top=False, weights=None, input_shape=tuple(inputs.shape[1:]), pooling="avg")
-    return trunk(x)
+    try:
+        features = factory(include_top=False, weights=None, input_shape=(*image_size, 3), pooling="avg")
+    except ValueError as e:  # keras.applications check the input size themselves: say it in our terms
+        least = re.search(r"at least (\d+)x(\d+)", str(e))
+        if least is None and "input" not in str(e).lower():
+            raise
+        minimum = f"{least[1]}x{least[2]}" if least else "larger"
+        raise ConfigError(f"Backbone {cfg.backbone} needs input crops of at least {minimum} px; "
+                          f"crop.image_size is {image_size[0]}x{image_size[1]}. Pass a larger --image-size "
+                          f"or another --backbone. Received: {e}") from None
+    return keras.Model(inputs, features(x), name="trunk")
 
 
 def _small_trunk(inputs, width: int, seed: int):
@@ -82,7 +114,7 @@ def _small_trunk(inputs, width: int, seed: int):
 
 
 def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
-    """Adam, categorical cross-entropy and accuracy, keyed by each head's output name."""
+    """Adam, categorical cross-entropy and accuracy, keyed by each head's output key."""
     names = list(model.output.keys()) if isinstance(model.output, dict) else model.output_names
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),

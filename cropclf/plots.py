@@ -12,17 +12,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def learning_curves(history: dict, heads, path) -> None:
-    """One column per head (loss above, accuracy below), training and validation."""
+def learning_curves(history: dict, heads: dict[str, str], path) -> None:
+    """One column per head (loss above, accuracy below), training and validation.
+
+    ``heads``: head name -> output key (`cropclf.labels.output_keys`): the history is keyed by key,
+    the titles show the head's own name.
+    """
     fig, axes = plt.subplots(2, len(heads), figsize=(5 * len(heads), 7), squeeze=False)
     epochs = np.arange(1, len(next(iter(history.values()), [])) + 1)
-    for col, head in enumerate(heads):
+    for col, (head, key) in enumerate(heads.items()):
         for row, metric in enumerate(("loss", "accuracy")):
             ax = axes[row, col]
             for prefix, style in (("", "-"), ("val_", "--")):
-                key = f"{prefix}{head}_{metric}"
-                if key in history:
-                    ax.plot(epochs, history[key], style, marker="o", ms=3, label="validation" if prefix else "train")
+                column = f"{prefix}{key}_{metric}"
+                if column in history:
+                    ax.plot(epochs, history[column], style, marker="o", ms=3, label="validation" if prefix else "train")
             ax.set_title(f"{head}: {metric}")
             ax.set_xlabel("epoch")
             ax.grid(alpha=0.3)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import pandas as pd
 from cropclf import artifacts
 from cropclf.errors import CropclfError, ImageError
 from cropclf.images import load_image, probe_image
+from cropclf.labels import output_keys
 from cropclf.progress import Progress
 
 COLUMNS = ("filename", "region_id", "row", "x", "y", "width", "height")
@@ -87,9 +87,12 @@ class Classifier:
         self.classes = {h: labels[h]["classes"] for h in self.heads}
         self.min_size = _min_size(path)
         self._fn = signatures["classify_regions"]
-        self._keys = {h: output_name(h) for h in self.heads}
+        # Each head's outputs, from the export's own list (heads_json). Exports older than that list
+        # could only hold identifier-like head names (name, type), whose keys `output_keys` gives.
+        listed = json.loads(meta["heads_json"]) if "heads_json" in meta else []
+        self._keys = {m["head"]: m["key"] for m in listed} or output_keys(self.heads)
         outputs = self._fn.structured_outputs
-        lost = [h for h, k in self._keys.items() if f"{k}_label" not in outputs]
+        lost = [h for h in self.heads if f"{self._keys.get(h)}_label" not in outputs]
         if lost:
             raise CropclfError(f"{path}: no outputs for head(s) {lost} in classify_regions. "
                                f"Received: outputs {sorted(outputs)}")
@@ -112,11 +115,6 @@ class Classifier:
                 result[h] += ([self.classes[h][j] for j in runner], p[np.arange(len(p)), runner])
         return result
 
-
-def output_name(head: str) -> str:
-    """`cropclf.model.output_name`, repeated here so that serving never imports Keras."""
-    name = re.sub(r"\W", "_", head, flags=re.ASCII)
-    return name if re.match(r"[A-Za-z]", name) else f"head_{name}"
 
 
 def _min_size(path: Path) -> float:

@@ -27,7 +27,7 @@ from cropclf.config import Config
 from cropclf.crops import canonical_crop
 from cropclf.errors import CropclfError
 from cropclf.images import load_image
-from cropclf.labels import build_label_maps, head_column
+from cropclf.labels import build_label_maps, head_column, output_keys
 from cropclf.plots import contact_sheet
 
 SHEET_COUNT = 32  # crops on a contact sheet: a screenful
@@ -253,7 +253,7 @@ def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, 
     """A model trained as the run was (its config and epochs, no validation split), then scoring."""
     import keras
 
-    from cropclf.model import build_model, compile_model, output_name
+    from cropclf.model import build_model, compile_model
     from cropclf.sequence import CropSequence
     from cropclf.training import _set_precision
 
@@ -271,8 +271,11 @@ def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, 
         keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=cfg.train.reduce_lr)])
     score_seq = CropSequence(score_frame, maps, cfg.train.batch_size, cfg.crop, False, store=store, **kw)
     probs = model.predict(score_seq, verbose=0)
+    for seq in (train_seq, score_seq):
+        seq.close()
     keras.backend.clear_session()
-    return {h: np.asarray(probs[output_name(h)], np.float32) for h in maps}
+    keys = output_keys(list(maps))
+    return {h: np.asarray(probs[keys[h]], np.float32) for h in maps}
 
 
 def _balanced(frame, maps) -> dict:

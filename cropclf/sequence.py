@@ -1,8 +1,9 @@
 """`CropSequence`: batches of region crops for Keras, every region exactly once per epoch.
 
-Each batch is ``(X, {head: one_hot})`` (optionally with per-head sample weights): ``X`` is float32
+Each batch is ``(X, {key: one_hot})`` (optionally with per-head sample weights): ``X`` is float32
 ``[batch, height, width, 3]`` in the 0..255 range (the model scales pixels itself), the targets are
-float32 one-hot arrays keyed by head name, matching the model's output names.
+float32 one-hot arrays (and the weights) keyed by each head's output key (`output_keys`), the
+model's output names; ``labels`` and ``weights`` on the sequence stay keyed by head name.
 
 Randomness derives from ``(seed, epoch, batch index)`` alone, never from call order, so batches are
 the same whatever the number of workers, threads or processes, and the extra ``__getitem__`` calls
@@ -30,7 +31,7 @@ from cropclf.augment import build_augmentation  # noqa: E402
 from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
 from cropclf.crops import fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
-from cropclf.labels import LabelMap, encode_heads  # noqa: E402
+from cropclf.labels import LabelMap, encode_heads, output_keys  # noqa: E402
 from cropclf.patches import PatchStore, Problem, default_threads  # noqa: E402
 
 
@@ -79,6 +80,7 @@ class CropSequence(keras.utils.PyDataset):
         self.crop = crop or CropConfig()
         self.label_maps, self.batch_size, self.seed = label_maps, int(batch_size), int(seed)
         self.heads = list(label_maps)
+        self.keys = output_keys(self.heads)  # batches are keyed by output key: head names may hold anything
         self._compose = None
         if augment is True:
             augment = AugmentConfig()
@@ -170,10 +172,10 @@ class CropSequence(keras.utils.PyDataset):
             regions = "; ".join(f"{self.paths[p]} ({self.rows[p]})" for p in positions[:8])
             more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
             raise type(e)(f"{regions}{more}: building batch {i} of epoch {epoch}: {e}") from e
-        y = {h: self._eye[h][self.labels[h][positions]] for h in self.heads}
+        y = {self.keys[h]: self._eye[h][self.labels[h][positions]] for h in self.heads}
         if self.weights is None:
             return X, y
-        w = {h: self.weights[h][positions] for h in self.heads}
+        w = {self.keys[h]: self.weights[h][positions] for h in self.heads}
         short = -len(positions) % self.replicas
         if short:  # repeat regions to fill the replicas, with weight 0 in the loss
             take = np.resize(np.arange(len(positions)), short)

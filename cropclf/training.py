@@ -24,8 +24,8 @@ from cropclf import artifacts
 from cropclf.config import Config
 from cropclf.dataset import Prepared, prepare, print_problems
 from cropclf.errors import ConfigError, CropclfError, ImageError
-from cropclf.labels import label_maps_to_json, load_label_maps
-from cropclf.model import build_model, compile_model, output_name
+from cropclf.labels import label_maps_to_json, load_label_maps, output_keys
+from cropclf.model import build_model, compile_model
 from cropclf.plots import learning_curves
 from cropclf.sequence import CropSequence
 
@@ -53,7 +53,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         shutil.rmtree(run_dir / "evaluation", ignore_errors=True)  # it scored the model being replaced
     if state and state["stopped"] and left:  # extending a run early stopping ended: count patience afresh
         state["callbacks"].get("EarlyStopping", {})["wait"] = 0
-    heads = [output_name(h) for h in cfg.data.heads]
+    heads = output_keys(cfg.data.heads)  # head name -> output key, for the curves
     _recover(run_dir, state, heads)
     strategy = _strategy(cfg)
     _set_precision(cfg)

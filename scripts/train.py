@@ -27,6 +27,9 @@ def main():
     from cropclf.dataset import load_frame
 
     frame = load_frame(cfg)  # bad annotations fail here, in a second, before TensorFlow starts
+    from cropclf.model import check_backbone
+
+    check_backbone(cfg.model, cfg.crop.image_size)  # an unknown trunk or too small an input: before decoding
     from cropclf.training import train
 
     run_dir = train(cfg, out, overwrite=args.overwrite, frame=frame)
