@@ -181,8 +181,9 @@ def test_train_evaluate_export_predict(tmp_path, heads):
     assert all(h in record and f"{h}_score" in record for h in heads)
     write_via(via, tmp_path / "back.csv", frame, predictions, clf.heads)
     back = read_annotations(tmp_path / "back.csv")
-    for h in heads:
-        assert (back[h].to_numpy() == predictions[h].to_numpy()).all()
+    for h in heads:  # human labels kept under the head's own name, predictions beside them
+        assert (back[h].to_numpy() == frame.loc[predictions.index, h].to_numpy()).all()
+        assert (back[f"{h}_predicted"].to_numpy() == predictions[h].to_numpy()).all()
 
 
 def _demo_with_renamed_attribute(demo, out):
