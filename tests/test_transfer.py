@@ -83,21 +83,39 @@ def _trunk_weights(path):
     return keras.models.load_model(path).get_layer("trunk").get_weights()
 
 
+def _relabelled(csv, tmp_path):
+    """The same images with other labels: ``name`` becomes ``shape_kind`` with two classes, not five."""
+    import pandas as pd
+
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    frame["region_attributes"] = frame["region_attributes"].str.replace(
+        r'"name":"(\w+)"', lambda m: '"shape_kind":"' + ("round" if m[1] == "circle" else "corner") + '"', regex=True)
+    assert set(frame["region_attributes"].str.extract(r'"shape_kind":"(\w+)"')[0]) == {"round", "corner"}
+    out = tmp_path / csv.name
+    frame.to_csv(out, index=False)
+    (tmp_path / "images").symlink_to(csv.parent / "images")
+    return out
+
+
 @pytest.mark.slow
 def test_a_run_from_another_run_keeps_its_trunk_and_gets_new_heads(source_run, demo_small, tmp_path):
     from cropclf.training import train
 
-    cfg = small_config(demo_small, **{"train.epochs": 1, "model.width": 8, "train.workers": 1, "data.heads": ["type"],
-                                      "model.weights": str(source_run), "train.seed": 5})
-    # at step 0: the source's trunk, a head as fresh as a new model's, sized for the new labels
-    model = build_model(cfg.model, (32, 32), {"type": 4}, seed=5)
+    annotations = _relabelled(demo_small, tmp_path)
+    cfg = small_config(annotations, **{"train.epochs": 1, "model.width": 8, "train.workers": 1,
+                                       "data.heads": ["shape_kind", "type"], "model.weights": str(source_run),
+                                       "train.seed": 5})
+    # at step 0: the source's trunk, heads as fresh as a new model's, sized for the new labels
+    model = build_model(cfg.model, (32, 32), {"shape_kind": 2, "type": 4}, seed=5)
     for a, b in zip(model.get_layer("trunk").get_weights(), _trunk_weights(source_run / "model.keras")):
         np.testing.assert_array_equal(a, b)
-    fresh = build_model(ModelConfig(width=8), (32, 32), {"type": 4}, seed=5)
-    np.testing.assert_array_equal(model.get_layer("type").kernel.numpy(), fresh.get_layer("type").kernel.numpy())
-    assert set(model.output) == {"type"}
+    fresh = build_model(ModelConfig(width=8), (32, 32), {"shape_kind": 2, "type": 4}, seed=5)
+    for head in ("shape_kind", "type"):
+        np.testing.assert_array_equal(model.get_layer(head).kernel.numpy(), fresh.get_layer(head).kernel.numpy())
+    assert model.output["shape_kind"].shape[-1] == 2
 
     run = train(cfg, tmp_path / "run", export=False, **QUIET)  # one frozen epoch: the trunk stays the source's
+    assert keras.models.load_model(run / "model.keras").output["shape_kind"].shape[-1] == 2
     for a, b in zip(_trunk_weights(run / "model.keras"), _trunk_weights(source_run / "model.keras")):
         np.testing.assert_array_equal(a, b)
 
