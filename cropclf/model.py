@@ -196,8 +196,8 @@ def _imagenet_unavailable(cfg: ModelConfig, error: Exception, cached: set) -> Co
     url = url[1] if url else "(see Keras's message)"
     name = _KERAS_FILE_NAMES.get(url.rsplit("/", 1)[-1], url.rsplit("/", 1)[-1])
     place = Path(keras_cache_dir()) / "models" / name
-    found = (f" The file that was there did not match Keras's hash for it (a partial or other file), and Keras "
-             f"removed it." if name in cached else "")
+    found = (" The file that was there did not match Keras's hash for it (a partial or other file), and Keras "
+             "removed it." if name in cached else "")
     return ConfigError(f"Backbone {cfg.backbone}: Keras cannot download its ImageNet weights (offline?) and does "
                        f"not find them in its cache.{found} Download {url} where you can and place it at {place} "
                        f"(the Keras cache: $KERAS_HOME, else ~/.keras); or pass --weights <that file>. "
@@ -244,8 +244,8 @@ def load_trunk_weights(shared: keras.Model, cfg: ModelConfig, weights: str) -> N
         if shapes != [tuple(w.shape) for w in shared.weights]:
             theirs = their.name if source.run is None else describe_trunk(source.run.model)
             raise ConfigError(f"--weights {source.path}: its trunk ({theirs}, {len(shapes)} weights) does not fit "
-                              f"this run's {describe_trunk(cfg)} trunk ({len(shared.weights)} weights). Pass the backbone, "
-                              f"width and alpha it was trained with. Received: {source.model_file}")
+                              f"this run's {describe_trunk(cfg)} trunk ({len(shared.weights)} weights). Pass the "
+                              f"backbone, width and alpha it was trained with. Received: {source.model_file}")
         shared.set_weights(values)
         return
     body = _body(shared)
