@@ -6,8 +6,9 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
-from cropclf.config import Config
+from cropclf.config import Config, default_image_size
 from cropclf.errors import ConfigError, CropclfError
 
 
@@ -64,7 +65,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int)
     g.add_argument("--image-size", help="crop size fed to the model: N or HxW (default 64)")
     g.add_argument("--seed", type=int, help="0 .. 2**32-1 (default 0)")
-    g.add_argument("--backbone", help="'small' or a keras.applications name (weights=None), e.g. MobileNetV3Small")
+    g.add_argument("--backbone", help="'small' or a keras.applications name, e.g. MobileNetV3Small, ResNet50")
+    g.add_argument("--weights", help="the trunk's initial weights: 'imagenet' (Keras's own; downloaded once into "
+                                     "~/.keras/models), a .weights.h5/.h5 file saved from the same trunk, or a "
+                                     "previous run directory (its trunk, new heads). Fine-tuned in two stages "
+                                     "(train.freeze_epochs, train.unfreeze, train.finetune_lr_factor)")
     g.add_argument("--workers", type=int, help="data-loading threads")
     g.add_argument("--distribute", choices=("none", "mirrored", "multiworker"))
     g.add_argument("--skip-bad-images", action="store_true", default=None,
@@ -91,6 +96,8 @@ def config_from_args(args) -> Config:
                       ("workers", "train.workers"), ("distribute", "train.distribute"), ("backbone", "model.backbone")):
         if getattr(args, flag, None) is not None:
             o[key] = getattr(args, flag)
+    if getattr(args, "weights", None):
+        o["model.weights"] = args.weights if args.weights == "imagenet" else os.path.abspath(args.weights)
     if getattr(args, "image_size", None):
         o["crop.image_size"] = _size(args.image_size)
     for item in getattr(args, "set", []):
@@ -101,7 +108,21 @@ def config_from_args(args) -> Config:
             o[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
             o[key.strip()] = value
-    return cfg.replace(**o) if o else cfg
+    cfg = cfg.replace(**o) if o else cfg
+    if not _size_given(args, o) and tuple(cfg.crop.image_size) != default_image_size(cfg.model):
+        # the user gave no size: the trunk's own default (the source run's, 96 for keras.applications)
+        cfg = cfg.replace(**{"crop.image_size": list(default_image_size(cfg.model))})
+    return cfg
+
+
+def _size_given(args, overrides: dict) -> bool:
+    """Whether the user chose the input size: a flag, ``--set crop.image_size=...`` or the config file."""
+    if "crop.image_size" in overrides:
+        return True
+    if getattr(args, "config", None):
+        given = json.loads(Path(args.config).read_text(encoding="utf-8"))  # read fine by Config.from_file already
+        return isinstance(given.get("crop"), dict) and "image_size" in given["crop"]
+    return False
 
 
 def _size(text: str):

@@ -97,12 +97,23 @@ class ModelConfig:
     backbone: str = "small"  # "small" (our CPU-friendly CNN) or a keras.applications name
     width: int = 32  # filters in the first block of "small"; doubles per block
     dropout: float = 0.2  # before each head
+    # None: random initial weights; "imagenet": Keras's own (downloaded once into its cache); a path: a trunk
+    # weights file (.weights.h5 / .h5) or a previous run directory (its trunk; new heads): fine-tuned in stages
+    weights: str | None = None
+    alpha: float = 1.0  # width multiplier of MobileNet, MobileNetV2 and MobileNetV3 (ImageNet: 0.35-1.4 by family)
 
     def __post_init__(self):
         _integers("model", self, ("width",))
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ConfigError(f"`model.backbone` must be 'small' or a keras.applications name. "
                               f"Received: {self.backbone!r}")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights.strip()):
+            raise ConfigError(f"`model.weights` must be null, 'imagenet' or a path. Received: {self.weights!r}")
+        if self.weights == "imagenet" and self.backbone == "small":
+            raise ConfigError("`model.weights` 'imagenet' needs a keras.applications backbone (e.g. --backbone "
+                              "MobileNetV3Small); the small trunk has no ImageNet weights. Received: backbone 'small'")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 4:
+            raise ConfigError(f"`model.alpha` must be a number in (0, 4]. Received: {self.alpha!r}")
         if self.width < 4:
             raise ConfigError(f"`model.width` must be >= 4. Received: {self.width}")
         if not 0 <= self.dropout < 1:
@@ -122,9 +133,25 @@ class TrainConfig:
     class_weight: str = "balanced"  # "balanced" weighs each head's classes by inverse frequency; "none"
     distribute: str = "none"  # "none", "mirrored" (local devices) or "multiworker" (TF_CONFIG)
     mixed_precision: str = "auto"  # "auto": float16 compute on a GPU, float32 on CPU; "on"; "off"
+    # Fine-tuning a pretrained trunk (model.weights set), as Keras's transfer-learning guide does it: for the
+    # first freeze_epochs only the heads learn (trunk frozen, BatchNorm in inference mode throughout); then the
+    # top `unfreeze` fraction of the trunk's layers (or "all") learns too, at learning_rate * finetune_lr_factor.
+    freeze_epochs: int = 5  # the new heads settle first, so their random gradients do not wreck the trunk
+    unfreeze: float | str = 0.3  # fraction of the trunk's weighted layers, counted from the top; BatchNorm stays frozen
+    finetune_lr_factor: float = 0.1  # pretrained features need small steps
 
     def __post_init__(self):
-        _integers("train", self, ("epochs", "batch_size", "seed", "workers", "early_stopping", "reduce_lr"))
+        _integers("train", self, ("epochs", "batch_size", "seed", "workers", "early_stopping", "reduce_lr",
+                                  "freeze_epochs"))
+        if self.freeze_epochs < 0:
+            raise ConfigError(f"`train.freeze_epochs` must be >= 0. Received: {self.freeze_epochs}")
+        if not (self.unfreeze == "all" or (not isinstance(self.unfreeze, (bool, str))
+                                           and isinstance(self.unfreeze, (int, float)) and 0 <= self.unfreeze <= 1)):
+            raise ConfigError(f"`train.unfreeze` must be a fraction in [0, 1] of the trunk's layers, or 'all'. "
+                              f"Received: {self.unfreeze!r}")
+        if isinstance(self.finetune_lr_factor, bool) or not isinstance(self.finetune_lr_factor, (int, float)) \
+                or not 0 < self.finetune_lr_factor <= 1:
+            raise ConfigError(f"`train.finetune_lr_factor` must be in (0, 1]. Received: {self.finetune_lr_factor!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("`train.epochs` and `train.batch_size` must be >= 1. "
                               f"Received: {self.epochs}, {self.batch_size}")
@@ -231,3 +258,75 @@ def _moved_keys(d: dict, source: str) -> dict:
                                   f"Received: {value!r} and {target[new_name]!r}")
             target[new_name] = value
     return d
+
+
+# --- trunk weights and input size: read here, without TensorFlow, so scripts check them in a second ---
+
+# Input size when the user gives none: 64 for the small trunk (fast on CPU); 96 for keras.applications
+# trunks: at least every trunk's minimum (75 for the Inceptions, 71 for Xception, 32 for the rest), the
+# smallest size Keras ships MobileNet/MobileNetV2 weights for, and affordable on CPU. NASNet's ImageNet
+# weights accept only their own size.
+DEFAULT_SIZE, DEFAULT_APPLICATION_SIZE = 64, 96
+_FIXED_IMAGENET_SIZE = {"NASNetMobile": 224, "NASNetLarge": 331}
+
+
+def default_image_size(cfg: ModelConfig) -> tuple[int, int]:
+    """The input size to use when the user gives none: the source run's for a run to start from, else
+    `DEFAULT_SIZE` for the small trunk and `DEFAULT_APPLICATION_SIZE` (or the fixed size NASNet's
+    ImageNet weights need) for keras.applications trunks."""
+    if cfg.weights not in (None, "imagenet"):
+        source = weights_source(cfg, cfg.weights)
+        if source.run is not None:
+            return tuple(source.run.crop.image_size)
+    if cfg.backbone == "small":
+        return DEFAULT_SIZE, DEFAULT_SIZE
+    side = _FIXED_IMAGENET_SIZE.get(cfg.backbone, DEFAULT_APPLICATION_SIZE) if cfg.weights == "imagenet" \
+        else DEFAULT_APPLICATION_SIZE
+    return side, side
+
+
+class WeightsSource:
+    """Where a trunk's initial weights come from: a weights file, or a run (its config and model file)."""
+
+    def __init__(self, path: Path, run: Config | None = None, model_file: Path | None = None):
+        self.path, self.run, self.model_file = path, run, model_file
+
+
+def weights_source(cfg: ModelConfig, weights: str) -> WeightsSource:
+    """Checks ``weights`` (a file, a run directory or a ``.keras`` model) against ``cfg``, without TensorFlow."""
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        config_file, model_file = path / "config.json", path / "model.keras"
+        if not config_file.is_file() or not model_file.is_file():
+            raise ConfigError(f"--weights {path}: a folder must be a cropclf run directory holding config.json and "
+                              f"model.keras (train it first, or pass a weights file). Received: "
+                              f"{sorted(p.name for p in path.iterdir())[:10]}")
+        try:
+            run = Config.from_dict(json.loads(config_file.read_text(encoding="utf-8")), source=str(config_file))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{config_file}: the run's config is damaged ({e}); pass another run. "
+                              f"Received: {config_file}") from None
+        ours = describe_trunk(cfg)
+        theirs = describe_trunk(run.model)
+        if ours != theirs:
+            raise ConfigError(f"--weights {path}: that run's trunk is {theirs}, this run's is {ours}; a trunk's "
+                              f"weights fit only the same architecture. Pass --backbone "
+                              f"{run.model.backbone} (and the same width/alpha), or another run. "
+                              f"Received: {theirs} vs {ours}")
+        return WeightsSource(path, run, model_file)
+    if not path.is_file():
+        raise ConfigError(f"--weights: {path} is neither a weights file nor a run directory; pass 'imagenet', a "
+                          f".weights.h5/.h5 file saved from a {cfg.backbone} trunk, or a run directory. "
+                          f"Received: {weights!r}")
+    if path.suffix == ".keras":
+        return WeightsSource(path, None, path)
+    if not path.name.endswith((".h5", ".hdf5")):
+        raise ConfigError(f"--weights {path}: expected a .weights.h5 or .h5 weights file, a .keras model or a run "
+                          f"directory. Received: {path.name!r}")
+    return WeightsSource(path)
+
+
+def describe_trunk(cfg: ModelConfig) -> str:
+    if cfg.backbone == "small":
+        return f"small (width {cfg.width})"
+    return cfg.backbone + (f" (alpha {cfg.alpha})" if cfg.alpha != 1.0 else "")

@@ -25,7 +25,7 @@ from cropclf.config import Config
 from cropclf.dataset import Prepared, prepare, print_problems
 from cropclf.errors import ConfigError, CropclfError, ImageError
 from cropclf.labels import label_maps_to_json, load_label_maps, output_keys
-from cropclf.model import build_model, compile_model
+from cropclf.model import apply_stage, build_model, stage, trunk_layers
 from cropclf.plots import learning_curves
 from cropclf.sequence import CropSequence
 
@@ -87,23 +87,39 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         else:
             keras.utils.set_random_seed(cfg.train.seed)  # weights; data randomness has its own RNGs
             num = {h: len(m) for h, m in data.label_maps.items()}
-            model = compile_model(build_model(cfg.model, cfg.crop.image_size, num, cfg.train.seed),
-                                  cfg.train.learning_rate)
+            model = build_model(cfg.model, cfg.crop.image_size, num, cfg.train.seed)
     initial_epoch = state["epoch"] if state else 0
-    train_seq.set_epoch(initial_epoch)
+    log(_describe_recipe(cfg))
     monitor = "val_loss" if val_seq is not None else "loss"
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=cfg.train.reduce_lr, verbose=1),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping, verbose=1),
+        # a frozen trunk's epochs are a warm-up: early stopping counts from the first fine-tuning epoch
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping, verbose=1,
+                                      start_from_epoch=_first_epoch_of(cfg, "finetune")),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),
         StallNotice(monitor, state["history"] if state else None, log=lambda text: log("\n" + text)),
     ]
-    callbacks.append(RunState(run_dir, monitor, heads, state, callbacks, cfg.train.epochs))
+    run_state = RunState(run_dir, monitor, heads, state, callbacks, cfg.train.epochs)
+    callbacks.append(run_state)
     artifacts.write_json(run_dir / "status.json", {"state": "running", "since": time.time()})
+    # The stage (what learns, at which rate) is a function of the epoch alone: one `fit` per stage, and
+    # a stage change (also when resuming at the boundary) recompiles, which gives a fresh optimizer; a
+    # checkpoint taken inside a stage keeps that stage's trainable flags and optimizer state.
+    current = stage(cfg, initial_epoch - 1) if state else None
     try:
-        model.fit(train_seq, validation_data=val_seq, epochs=initial_epoch + left, initial_epoch=initial_epoch,
-                  shuffle=False, callbacks=callbacks, verbose=1 if os.environ.get("CROPCLF_QUIET") is None else 2)
+        for start, end in _stage_spans(cfg, initial_epoch, initial_epoch + left):
+            if stage(cfg, start) != current:
+                with strategy.scope():
+                    apply_stage(model, cfg, stage(cfg, start))
+                current = stage(cfg, start)
+                if start > 0 or stage(cfg, start) != "scratch":
+                    log(f"Epoch {start + 1}: {_describe_stage(cfg, model, current)}")
+            train_seq.set_epoch(start)
+            model.fit(train_seq, validation_data=val_seq, epochs=end, initial_epoch=start,
+                      shuffle=False, callbacks=callbacks, verbose=1 if os.environ.get("CROPCLF_QUIET") is None else 2)
+            if run_state.state["stopped"]:
+                break
     except KeyboardInterrupt:
         artifacts.write_json(run_dir / "status.json", {"state": "interrupted", "at": time.time(),
                                                        "resume": "run the same command again"})
@@ -129,6 +145,41 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         export_run(run_dir, log=log)
     artifacts.write_json(run_dir / "status.json", {"state": "complete", "at": time.time()})
     return run_dir
+
+
+def _stage_spans(cfg: Config, first: int, end: int) -> list[tuple[int, int]]:
+    """``[first, end)`` cut where the stage changes: one ``fit`` call each."""
+    spans, start = [], first
+    for epoch in range(first + 1, end):
+        if stage(cfg, epoch) != stage(cfg, epoch - 1):
+            spans.append((start, epoch))
+            start = epoch
+    return spans + [(start, end)] if end > start else spans
+
+
+def _first_epoch_of(cfg: Config, name: str) -> int:
+    return cfg.train.freeze_epochs if name == "finetune" and cfg.model.weights is not None else 0
+
+
+def _describe_recipe(cfg: Config) -> str:
+    size = "x".join(map(str, cfg.crop.image_size))
+    weights = cfg.model.weights
+    source = {None: "random initial weights", "imagenet": "ImageNet weights"}.get(weights, f"weights from {weights}")
+    text = f"Trunk: {cfg.model.backbone} with {source}, {size} px crops"
+    if weights is None:
+        return text + "."
+    unfreeze = "all" if cfg.train.unfreeze == "all" else f"the top {cfg.train.unfreeze:.0%}"
+    return (text + f"; epochs 1-{cfg.train.freeze_epochs}: heads only (trunk frozen), then {unfreeze} of the "
+            f"trunk's layers at learning rate x{cfg.train.finetune_lr_factor:g} (BatchNorm frozen).")
+
+
+def _describe_stage(cfg: Config, model: keras.Model, name: str) -> str:
+    layers = trunk_layers(model)
+    learning = sum(1 for layer in layers if layer.trainable_weights)
+    rate = cfg.train.learning_rate * (cfg.train.finetune_lr_factor if name == "finetune" else 1)
+    return {"frozen": "trunk frozen, training the heads", "finetune": "fine-tuning the trunk's top layers",
+            "scratch": "training everything"}[name] + f" ({learning} of {len(layers)} trunk layers learn, " \
+        f"learning rate {rate:g})."
 
 
 CHECKPOINTS = "checkpoints"
