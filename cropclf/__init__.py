@@ -21,7 +21,7 @@ _raise_opencv_pixel_limit()
 
 __version__ = "0.1.0"
 
-from cropclf.annotations import read_annotations  # noqa: E402
+from cropclf.via import read_annotations  # noqa: E402
 from cropclf.config import Config  # noqa: E402
 from cropclf.errors import AnnotationError, CropclfError, ImageError, LabelError  # noqa: E402
 from cropclf.labels import LabelMap, build_label_maps  # noqa: E402

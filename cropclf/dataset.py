@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cropclf.annotations import read_annotations
+from cropclf.via import read_annotations
 from cropclf.config import Config
 from cropclf.crops import jitter_reach
 from cropclf.labels import LabelMap, build_label_maps, head_column

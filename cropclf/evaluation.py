@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from cropclf import artifacts
-from cropclf.annotations import read_annotations
+from cropclf.via import read_annotations
 from cropclf.config import Config
 from cropclf.dataset import load_frame
 from cropclf.labels import encode_heads, load_label_maps, output_keys

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from cropclf import artifacts
-from cropclf.annotations import read_annotations
+from cropclf.via import read_annotations
 from cropclf.config import Config
 from cropclf.crops import canonical_crop, expand_box, fit_size, integer_window
 from cropclf.dataset import annotations_path

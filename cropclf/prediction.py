@@ -4,7 +4,7 @@
     frame = read_annotations("via.csv")
     predictions, skipped = predict_regions(classifier, frame)
     write_predictions(predictions, "predictions.csv")
-    # labels back into the VIA file: cropclf.via_writer.write_via(...)
+    # labels back into the VIA file: cropclf.via.writer.write_via(...)
 
 No Keras and nothing of the training code, so a machine that serves the model needs neither:
 importing this module loads OpenCV, Pillow, numpy and pandas; TensorFlow is imported when a

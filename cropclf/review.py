@@ -323,8 +323,8 @@ def _suspect_sheet(frame, maps, store, cfg, issues, path, count: int = SHEET_COU
 
 def _write_review_via(source, cfg, issues: pd.DataFrame, out_dir: Path) -> Path:
     """The annotation file again with ``review`` on each suspect; images holding suspects first."""
-    from cropclf.annotations import read_annotations
-    from cropclf.via_writer import write_attributes
+    from cropclf.via import read_annotations
+    from cropclf.via.writer import write_attributes
 
     frame = read_annotations(source, cfg.data.images, allow_outside_root=cfg.data.allow_outside_root)
     values, rank = {}, {}

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter  # noqa: E402
 
-from cropclf.annotations import read_annotations  # noqa: E402
+from cropclf.via import read_annotations  # noqa: E402
 from cropclf.config import Config, CropConfig, ModelConfig  # noqa: E402
 from cropclf.demo import DEMO_NAMES, DEMO_TYPES, make_demo_dataset  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402

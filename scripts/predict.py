@@ -57,9 +57,9 @@ def main():
     if args.via_out and not args.annotations:
         p.error("--via-out rewrites the file given by --annotations; pass --annotations")
     quiet_tensorflow()
-    from cropclf.annotations import read_annotations
+    from cropclf.via import read_annotations
     from cropclf.prediction import Classifier, predict_regions, regions_from_boxes, write_predictions
-    from cropclf.via_writer import write_via
+    from cropclf.via.writer import write_via
 
     if args.image:
         frame = regions_from_boxes(args.image, args.box)

@@ -8,7 +8,7 @@ import pytest
 from conftest import small_config, write_image
 from fixtures_via import VIA_HEADER, csv_row, write
 
-from cropclf.annotations import read_annotations
+from cropclf.via import read_annotations
 from cropclf.config import CropConfig, ModelConfig
 from cropclf.labels import build_label_maps
 

@@ -135,8 +135,8 @@ def test_train_evaluate_export_predict(tmp_path, heads):
     from cropclf.evaluation import evaluate_run
     from cropclf.prediction import Classifier, predict_regions, write_predictions
     from cropclf.training import train
-    from cropclf.annotations import read_annotations
-    from cropclf.via_writer import write_via
+    from cropclf.via import read_annotations
+    from cropclf.via.writer import write_via
 
     via = _write_via_csv(tmp_path, heads)
     cfg = Config().replace(**{"data.annotations": str(via), "data.heads": heads, "data.split": [0.5, 0.25, 0.25],

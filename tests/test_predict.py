@@ -173,7 +173,7 @@ def test_via_out_least_sure_first_only_below_and_review_sheet(model_dir, data, t
 
 
 def test_via_project_gets_option_ids_and_text_definitions(tmp_path):
-    from cropclf.via_writer import write_via
+    from cropclf.via.writer import write_via
 
     dropdown = {"type": "dropdown", "description": "", "options": {"0": "x", "1": "y"}}
     project = {"_via_settings": {"core": {"default_filepath": ""}, "project": {"name": "p"}},
@@ -194,7 +194,7 @@ def test_via_project_gets_option_ids_and_text_definitions(tmp_path):
 
 
 def test_flat_csv_gets_its_head_columns_filled(tmp_path):
-    from cropclf.via_writer import write_via
+    from cropclf.via.writer import write_via
 
     shape = json.dumps(RECT_A).replace('"', '""')
     text = f'filename,name,region_shape_attributes\na.png,a,"{shape}"\na.png,a,"{shape}"\n'

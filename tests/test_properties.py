@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cropclf import read_annotations
-from cropclf.annotations import FIXED_COLUMNS, MAX_COORDINATE, SHAPE_KEYS
+from cropclf.via.frame import FIXED_COLUMNS
+from cropclf.via.shapes import MAX_COORDINATE, SHAPE_KEYS
 from cropclf.errors import CropclfError
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -15,7 +15,7 @@ import pytest
 from conftest import write_image
 from fixtures_via import write
 
-from cropclf.annotations import read_annotations
+from cropclf.via import read_annotations
 
 # As ox-vgg/via's VIA 1 unit test CSV: `#filename` header, JSON string escapes (`\"`) inside a
 # CSV cell whose quotes are doubled, commas/semicolons/`£` in values, a whitespace-only caption,
