@@ -8,8 +8,59 @@ TensorFlow and the tests hold the two together.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+
+# A box over this many times as wide or tall as its image is mostly padding, and cutting it out could
+# take gigabytes; it is far more likely another image's coordinates or a unit mix-up.
+MAX_BOX_SCALE = 10
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A region (or an image, or the whole file) left out or worth a look: where it is and why.
+
+    The one record for every region training, evaluation, prediction or inspection leaves out.
+    """
+
+    file: str  # the image's path (training, prediction) or file name as annotated (inspection)
+    row: str  # "row 7" (CSV), "image 'a.jpg' region 2" (JSON), "" (the whole file)
+    reason: str
+    kind: str = ""  # why_not_croppable's kinds, or inspection's (`inspection.KINDS`)
+    label: object = None  # the region's index label in its frame
+
+    def __str__(self) -> str:
+        return f"{self.file} ({self.row}): {self.reason}" if self.row else f"{self.file}: {self.reason}"
+
+
+def why_not_croppable(box, image_hw, min_size: float) -> tuple[str, str] | None:
+    """Why a VIA box ``(x, y, w, h)`` cannot be cropped from an ``image_hw`` image, or None when it can.
+
+    The one rule by which training (`PatchStore`), prediction and inspection leave regions out.
+    Returns ``(kind, reason)``; kinds, checked in this order: ``non_finite``, ``zero_area`` and
+    ``too_small`` (narrower or lower than ``min_size`` px), ``outside_image`` (no pixel inside),
+    ``oversized`` (over `MAX_BOX_SCALE` times the image's width or height). ``image_hw`` None (the
+    image is unknown) checks only the box itself.
+    """
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "non_finite", f"non-finite box {(x, y, w, h)}"
+    if w < min_size or h < min_size:
+        kind, what = ("zero_area", "point or line") if w == 0 or h == 0 else ("too_small", "too thin")
+        return kind, f"box {w:g}x{h:g} px is smaller than min_size={min_size:g} ({what})"
+    if image_hw is None:
+        return None
+    height, width = image_hw
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return "outside_image", f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies wholly outside the {width}x{height} image"
+    if w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:
+        return "oversized", (f"box ({x:g}, {y:g}, {w:g}, {h:g}) is over {MAX_BOX_SCALE:g} times as wide or tall "
+                             f"as the {width}x{height} image; check the coordinates (another image's, or a unit "
+                             "mix-up?)")
+    return None
 
 
 def expand_box(box, margin: float) -> np.ndarray:

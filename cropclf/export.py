@@ -64,7 +64,8 @@ def export_saved_model(model: keras.Model, label_maps: dict[str, LabelMap], cfg:
         "labels_json": tf.constant(label_maps_to_json(label_maps)),
         "preprocessing_json": tf.constant(json.dumps({
             "image_size": list(out_hw), "margin": crop.margin, "resize": crop.resize,
-            "pad_value": crop.pad_value, "box_format": "VIA (x, y, width, height) in image pixels",
+            "pad_value": crop.pad_value, "min_size": crop.min_size,  # prediction leaves out what training did
+            "box_format": "VIA (x, y, width, height) in image pixels",
             "pixels": "uint8 RGB, 0..255; EXIF orientation applied by classify_jpeg", "heads": heads})),
         # Head names may hold anything; outputs are named by key. A client finds a head's outputs here.
         "heads_json": tf.constant(json.dumps(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
@@ -22,7 +21,7 @@ import pandas as pd
 from cropclf import artifacts
 from cropclf.via import read_annotations
 from cropclf.config import Config
-from cropclf.crops import canonical_crop, expand_box, fit_size, integer_window
+from cropclf.crops import Problem, canonical_crop, expand_box, fit_size, integer_window, why_not_croppable
 from cropclf.dataset import annotations_path
 from cropclf.errors import ImageError, LabelError
 from cropclf.images import load_image, probe_image
@@ -30,29 +29,26 @@ from cropclf.labels import head_column
 from cropclf.progress import Progress
 from cropclf.splits import SPLITS, split_by_image, split_counts
 
-MAX_BOX_SCALE = 10  # PatchStore leaves out boxes over this many times as wide or tall as the image
 MAX_CLASSES = 40  # sheet rows per head; beyond this only the most frequent classes are drawn
 CELL = 128  # longest side of a crop as drawn in the sheet, in pixels
 UNLABELLED = "(unlabelled)"  # how split_counts names regions without a label
 # Problem kinds, most serious first: the printed list follows this order, file order within a kind.
 KINDS = ("no_regions", "missing_head", "missing_image", "unreadable_image", "outside_image",
-         "oversized", "zero_area", "too_small", "duplicate", "unlabelled", "label_variants",
+         "oversized", "non_finite", "zero_area", "too_small", "duplicate", "unlabelled", "label_variants",
          "undefined", "partly_outside")
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One problem: its kind, the image, where it is in the annotation file, and what it means."""
+def _finding(kind: str, file: str, row: str, message: str, order=None) -> Problem:
+    """A `crops.Problem` of one of `KINDS`: ``file`` is the image's name as annotated (or the
+    annotation file's), ``row`` ``"row 7"``, ``"region 2"`` (JSON), ``"rows 3-5"`` or ``""``, ``order``
+    the position in the frame (problems are listed in file order)."""
+    return Problem(file, row, message, kind, order)
 
-    kind: str  # one of KINDS
-    file: str  # the image file name as the annotations write it, or the annotation file
-    row: str  # "row 7" (CSV), "region 2" (JSON, within the image), "rows 3-5", "" (whole file)
-    message: str
-    order: int = -1  # position in the frame, to list problems in file order
 
-    def __str__(self) -> str:
-        at = f"{self.file} ({self.row})" if self.row else self.file
-        return f"{self.kind.replace('_', ' '):<17} {at}: {self.message}"
+def describe(problem: dict) -> str:
+    """One printed line for a problem as ``report.json`` lists it."""
+    at = f"{problem['file']} ({problem['row']})" if problem["row"] else problem["file"]
+    return f"{problem['kind'].replace('_', ' '):<17} {at}: {problem['message']}"
 
 
 def inspect_dataset(cfg: Config, out_dir, per_class: int = 8, log=print,
@@ -79,9 +75,9 @@ def inspect_dataset(cfg: Config, out_dir, per_class: int = 8, log=print,
     source = annotations_path(cfg, log)
     frame = read_annotations(source, image_root=cfg.data.images,
                              allow_outside_root=cfg.data.allow_outside_root).reset_index(drop=True)
-    findings: list[Finding] = []
+    findings: list[Problem] = []
     if frame.empty:
-        findings.append(Finding("no_regions", source.name, "", "the file annotates no region, so "
+        findings.append(_finding("no_regions", source.name, "", "the file annotates no region, so "
                                 "there is nothing to train on; draw regions in VIA and export"))
     heads = {}
     for head in cfg.data.heads:
@@ -89,13 +85,13 @@ def inspect_dataset(cfg: Config, out_dir, per_class: int = 8, log=print,
             heads[head] = head_column(frame, head)
         except LabelError as e:
             message = str(e).removeprefix(f"{frame.attrs.get('source')}: ")
-            findings.append(Finding("missing_head", source.name, "", message))
+            findings.append(_finding("missing_head", source.name, "", message))
     rows = [re.sub(r"^image .* (region \d+)$", r"\1", r) for r in frame["row"]]  # JSON: region N
     sizes = _probe(frame, rows, findings, progress)
     left_out = _check_regions(frame, rows, sizes, heads, cfg.crop.min_size, findings)
     _check_labels(frame, heads, source.name, findings)
     if frame.attrs.get("undefined_values"):
-        findings.append(Finding("undefined", source.name, "", f"{frame.attrs['undefined_values']} "
+        findings.append(_finding("undefined", source.name, "", f"{frame.attrs['undefined_values']} "
                                 "value(s) written as `undefined` by VIA were read as empty"))
     samples = _sample(frame, np.flatnonzero(~left_out), heads, per_class, cfg.train.seed)
     crops = _decode(frame, rows, samples, cfg.crop, findings, left_out, progress)
@@ -107,7 +103,7 @@ def inspect_dataset(cfg: Config, out_dir, per_class: int = 8, log=print,
     sheet_path = out_dir / "contact_sheet.png"
     _draw_sheet(frame, rows, samples, crops, table, cfg, findings, source.name, per_class,
                 sheet_path)
-    findings.sort(key=lambda f: (KINDS.index(f.kind), f.order))
+    findings.sort(key=lambda f: (KINDS.index(f.kind), -1 if f.label is None else f.label))
 
     bad = Counter(f.kind for f in findings)
     report = {
@@ -126,7 +122,7 @@ def inspect_dataset(cfg: Config, out_dir, per_class: int = 8, log=print,
             r["class"]: {k: int(r[k]) for k in (*SPLITS, "left_out")}
             for _, r in table[table["head"] == h].iterrows()}} for h, c in heads.items()},
         "problem_counts": {k: bad[k] for k in KINDS if bad[k]},
-        "problems": [{k: v for k, v in asdict(f).items() if k != "order"} for f in findings],
+        "problems": [{"kind": f.kind, "file": f.file, "row": f.row, "message": f.reason} for f in findings],
         "contact_sheet": {"path": str(sheet_path), "crops": len(crops), "per_class": per_class},
         "config": cfg.to_dict(),
     }
@@ -160,7 +156,7 @@ def format_report(report: dict) -> list[str]:
     counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in report["problem_counts"].items())
     lines.append(f"Problems: {len(problems)}" + (
         f" ({counts}); row/region numbers refer to {report['annotations']}" if problems else ""))
-    lines += [f"  {Finding(**p)}" for p in problems]
+    lines += [f"  {describe(p)}" for p in problems]
     sheet = report["contact_sheet"]
     lines += [f"Contact sheet: {sheet['path']} ({sheet['crops']} crops)",
               f"Report: {Path(sheet['path']).with_name('report.json')}"]
@@ -182,7 +178,7 @@ def _probe(frame, rows, findings, progress) -> dict:
                 message = (f"not found at {path}; check --images" if missing
                            else str(e).removeprefix(f"{path}: "))
                 kind = "missing_image" if missing else "unreadable_image"
-                findings.append(Finding(kind, frame.at[index[0], "filename"],
+                findings.append(_finding(kind, frame.at[index[0], "filename"],
                                         _span([rows[k] for k in index]),
                                         f"{message} ({len(index)} region(s) unusable)", index[0]))
             bar.update()
@@ -200,39 +196,27 @@ def _check_regions(frame, rows, sizes, heads, min_size, findings) -> np.ndarray:
     for k, r in enumerate(frame.itertuples(index=False)):
         name, at, (x, y, w, h) = r.filename, rows[k], (r.x, r.y, r.width, r.height)
         size = sizes.get(r.path)
-        left_out[k] = size is None or w < min_size or h < min_size or r.duplicate
-        if w == 0 or h == 0:
-            findings.append(Finding("zero_area", name, at, f"{r.shape} has zero area "
-                                    f"({w:g}x{h:g} px); training leaves it out", k))
-        elif w < min_size or h < min_size:
-            findings.append(Finding("too_small", name, at, f"{r.shape} box {w:g}x{h:g} px is under "
-                                    f"crop.min_size={min_size:g}; training leaves it out", k))
-        if size is not None:
+        why = why_not_croppable((x, y, w, h), size, min_size)  # the rule training leaves regions out by
+        left_out[k] = size is None or why is not None or r.duplicate
+        if why:
+            findings.append(_finding(why[0], name, at, f"{r.shape} {why[1]}; training leaves it out", k))
+        elif size is not None:
             height, width = size
             box = f"box (x={x:g}, y={y:g}, w={w:g}, h={h:g}) of the {r.shape}"
-            if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-                left_out[k] = True
-                findings.append(Finding("outside_image", name, at, f"{box} lies wholly outside the "
-                                        f"{width}x{height} image; training leaves it out", k))
-            elif w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:
-                left_out[k] = True  # its crop would be mostly padding, and huge to cut out
-                findings.append(Finding("oversized", name, at, f"{box} is over {MAX_BOX_SCALE:g} "
-                                        f"times as wide or tall as the {width}x{height} image; "
-                                        "training leaves it out", k))
-            elif x < 0 or y < 0 or x + w > width or y + h > height:
+            if x < 0 or y < 0 or x + w > width or y + h > height:
                 past = {"left": -x, "top": -y, "right": x + w - width, "bottom": y + h - height}
                 sides = ", ".join(f"{s} {v:.3g} px" for s, v in past.items() if v > 0)
                 inside = (min(x + w, width) - max(x, 0)) * (min(y + h, height) - max(y, 0))
                 share = f"; {1 - inside / (w * h):.0%} of the box" if w * h > 0 else ""
-                findings.append(Finding("partly_outside", name, at, f"{box} extends past the "
+                findings.append(_finding("partly_outside", name, at, f"{box} extends past the "
                                         f"{width}x{height} image ({sides}{share}); its crop is "
                                         "padded", k))
         for head, column in heads.items():
             if labels[head][k] == "":
-                findings.append(Finding("unlabelled", name, at, f"no '{head}' label (column "
+                findings.append(_finding("unlabelled", name, at, f"no '{head}' label (column "
                                         f"{column!r}); that head ignores this region", k))
         if r.duplicate:
-            findings.append(Finding("duplicate", name, at, "same image, shape and labels as "
+            findings.append(_finding("duplicate", name, at, "same image, shape and labels as "
                                     f"{first.get(keys[k], 'an earlier region')}; training drops it",
                                     k))
         first.setdefault(keys[k], at)
@@ -248,7 +232,7 @@ def _check_labels(frame, heads, source_name, findings) -> None:
             groups.setdefault(re.sub(r"\s+", " ", label.casefold()), []).append(label)
         for variants in (g for g in groups.values() if len(g) > 1):
             listed = ", ".join(f"{v!r} ({counts[v]})" for v in variants)
-            findings.append(Finding("label_variants", source_name, "", f"head '{head}': classes "
+            findings.append(_finding("label_variants", source_name, "", f"head '{head}': classes "
                                     f"{listed} differ only in case or spacing; a typo?"))
 
 
@@ -291,7 +275,7 @@ def _decode(frame, rows, samples, crop, findings, left_out, progress) -> dict:
                 every = np.flatnonzero(frame["path"].to_numpy() == path)
                 left_out[every] = True
                 message = str(e).removeprefix(f"{path}: ")
-                findings.append(Finding("unreadable_image", frame.at[every[0], "filename"],
+                findings.append(_finding("unreadable_image", frame.at[every[0], "filename"],
                                         _span([rows[k] for k in every]),
                                         f"{message} ({len(every)} region(s) unusable)", every[0]))
             bar.update()
@@ -301,7 +285,7 @@ def _decode(frame, rows, samples, crop, findings, left_out, progress) -> dict:
 def _draw_sheet(frame, rows, samples, crops, table, cfg, findings, source_name, per_class,
                 path) -> None:
     """A section per head, a row per class: sampled crops with their box, class, file and row."""
-    out_hw, flagged = tuple(cfg.crop.image_size), {f.order for f in findings}
+    out_hw, flagged = tuple(cfg.crop.image_size), {f.label for f in findings}
     scale = CELL / max(out_hw)
     dh, dw = round(out_hw[0] * scale), round(out_hw[1] * scale)
     label_w, cw, ch = 170, max(dw, 132) + 6, dh + 3 * 14 + 10  # 3 caption lines under each crop

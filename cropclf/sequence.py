@@ -29,10 +29,10 @@ import pandas as pd  # noqa: E402
 
 from cropclf.augment import build_augmentation  # noqa: E402
 from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
-from cropclf.crops import fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
+from cropclf.crops import Problem, fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
 from cropclf.labels import LabelMap, encode_heads, output_keys  # noqa: E402
-from cropclf.patches import PatchStore, Problem, default_threads  # noqa: E402
+from cropclf.patches import PatchStore, default_threads  # noqa: E402
 
 
 class CropSequence(keras.utils.PyDataset):
@@ -107,7 +107,7 @@ class CropSequence(keras.utils.PyDataset):
         for k in np.flatnonzero(croppable & ~labelled):
             missing = [h for h in self.heads if labels[h][k] < 0]
             self.skipped.append(Problem(str(frame["path"].iloc[k]), str(frame["row"].iloc[k]),
-                                        f"unlabelled for head(s) {missing}", frame.index[k]))
+                                        f"unlabelled for head(s) {missing}", "unlabelled", frame.index[k]))
         use = croppable & labelled
         self.index = frame.index[use]
         self.slots = np.array([store.slot[label] for label in self.index], np.int64)

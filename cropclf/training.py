@@ -372,7 +372,7 @@ def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> No
         "undefined_values": int(data.frame.attrs.get("undefined_values", 0)),
         "bad_image_count": len(data.store.bad_images), "bad_images": data.store.bad_images,
         "regions_left_out_count": len(data.problems),
-        "regions_left_out": [{"path": p.path, "row": p.row, "reason": p.reason} for p in data.problems],
+        "regions_left_out": [{"path": p.file, "row": p.row, "reason": p.reason} for p in data.problems],
         "split_notes": data.notes,
     }
     artifacts.write_json(run_dir / "data_report.json", report)

@@ -131,3 +131,30 @@ def test_crop_wholly_outside_left_or_top_is_all_padding(mode):
     for box in [(-30.5, 10, 12, 9), (10, -25.25, 12, 9), (-100, -100, 50, 20)]:
         out = canonical_crop(SHARP, box, (16, 24), margin=0.15, mode=mode, pad_value=7)
         assert out.shape == (16, 24, 3) and (out == 7).all(), box
+
+
+@pytest.mark.parametrize("box, kind", [
+    ((10, 10, 20, 12), None),
+    ((float("nan"), 10, 20, 12), "non_finite"),
+    ((10, 10, 0, 12), "zero_area"),
+    ((10, 10, 1.5, 12), "too_small"),
+    ((10, 10, -5, 12), "too_small"),
+    ((90, 10, 20, 12), "outside_image"),   # x == width: no pixel inside
+    ((-20, 10, 20, 12), "outside_image"),  # ends exactly at the left edge
+    ((-500, -5, 901, 12), "oversized"),    # over 10 times the 90 px width
+    ((-450, -5, 900, 12), None),           # exactly 10 times: still cropped (mostly padding)
+])
+def test_why_not_croppable_is_the_one_rule(box, kind):
+    from cropclf.crops import why_not_croppable
+
+    why = why_not_croppable(box, (60, 90), min_size=2.0)
+    assert (why and why[0]) == kind, why
+    if kind:
+        assert "box" in why[1]
+
+
+def test_why_not_croppable_without_the_image_checks_the_box_only():
+    from cropclf.crops import why_not_croppable
+
+    assert why_not_croppable((-500, -500, 10, 10), None, 2.0) is None
+    assert why_not_croppable((0, 0, 1, 10), None, 2.0)[0] == "too_small"

@@ -411,7 +411,7 @@ def test_crop_sequence(images, case):
     else:
         assert len(seq.slots) == 1  # the good region still trains
         (problem,) = seq.skipped
-        assert problem.path == str(images / name) and problem.row == "row 2"
+        assert problem.file == str(images / name) and problem.row == "row 2"
         assert re.search(reason, problem.reason), problem.reason
         assert re.search(reason, seq.report().splitlines()[1])
         message = image_error(name)

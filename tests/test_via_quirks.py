@@ -265,5 +265,5 @@ def test_zero_size_polygon_is_left_out_of_cropping_with_its_row(tmp_path):
     store = PatchStore(df, (16, 16), 0.15, 0.15, progress=False)
     assert [store.has(label) for label in df.index] == [True, False, True]
     [problem] = store.problems
-    assert (Path(problem.path).name, problem.row) == ("Brown_spot1.jpg", "row 3")
+    assert (Path(problem.file).name, problem.row) == ("Brown_spot1.jpg", "row 3")
     assert problem.reason.startswith("box 0x0 px is smaller than min_size=2")
