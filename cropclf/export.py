@@ -1,13 +1,13 @@
 """SavedModel export: one self-contained artefact that classifies regions with TensorFlow alone.
 
-Signatures (each returns, per head, by its output key ``k`` (`cropclf.labels.output_keys`: head names
+Signatures (each returns, per head, by its output key ``k`` (`cropclf.data.labels.output_keys`: head names
 may hold spaces, digits or any script, keys are ``[a-z][a-z0-9_]*``): ``k_label`` string ``[N]``,
 ``k_score`` float ``[N]``, ``k_probabilities`` float ``[N, classes]``):
 
 * ``serving_default(images)``: uint8 ``[N, H, W, 3]`` crops the caller cut out, resized in the graph;
 * ``classify_regions(image, boxes)``: one uint8 ``[H, W, 3]`` image and float ``[K, 4]`` VIA boxes
   ``(x, y, width, height)``; the crop is done in the graph exactly as evaluation does it
-  (`cropclf.crops.canonical_crop`: margin, whole-pixel window, padding, area resize);
+  (`cropclf.data.crops.canonical_crop`: margin, whole-pixel window, padding, area resize);
 * ``classify_jpeg(image_bytes, boxes)``: encoded JPEG/PNG bytes, decoded in the graph with the EXIF
   orientation applied (as VIA and OpenCV show the image), then as ``classify_regions``;
 * ``metadata()``: JSON strings: ``labels_json`` (the label maps, by head name), ``preprocessing_json``
@@ -34,17 +34,15 @@ import tensorflow as tf
 
 from cropclf import artifacts
 from cropclf.config import Config
-from cropclf.labels import LabelMap, label_maps_to_json, load_label_maps, output_keys
+from cropclf.data.labels import LabelMap, label_maps_to_json, output_keys
+from cropclf.data.loading import Run
 
 
 def export_run(run_dir, out_dir=None, log=print) -> Path:
     """Exports ``run_dir/model.keras`` (best checkpoint) to ``out_dir`` (default ``run_dir/saved_model``)."""
-    run_dir = Path(run_dir)
-    cfg = Config.from_file(run_dir / "config.json")
-    maps = load_label_maps(run_dir / "labels.json")
-    model = keras.models.load_model(run_dir / "model.keras")
-    out = Path(out_dir) if out_dir else run_dir / "saved_model"
-    export_saved_model(model, maps, cfg, out)
+    run = Run(run_dir)
+    out = Path(out_dir) if out_dir else run.dir / "saved_model"
+    export_saved_model(run.load_model(), run.label_maps, run.config, out)
     log(f"Exported SavedModel to {out} (signatures: serving_default, classify_regions, classify_jpeg, metadata).")
     return out
 
@@ -251,7 +249,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# --- preprocessing in the graph (mirrors cropclf.crops.canonical_crop) -----------------------------
+# --- preprocessing in the graph (mirrors cropclf.data.crops.canonical_crop) -----------------------------
 
 def crop_in_graph(image, box, out_hw, margin: float, mode: str, pad_value: int):
     """Margin, whole-pixel window, cut with padding, area resize: `canonical_crop` in TensorFlow."""

@@ -21,13 +21,13 @@ import pandas as pd
 from cropclf import artifacts
 from cropclf.via import read_annotations
 from cropclf.config import Config
-from cropclf.crops import Problem, canonical_crop, expand_box, fit_size, integer_window, why_not_croppable
-from cropclf.dataset import annotations_path
+from cropclf.data.crops import Problem, canonical_crop, expand_box, fit_size, integer_window, why_not_croppable
+from cropclf.data.loading import annotations_path, drop_duplicates
 from cropclf.errors import ImageError, LabelError
-from cropclf.images import load_image, probe_image
-from cropclf.labels import head_column
+from cropclf.data.images import load_image, probe_image
+from cropclf.data.labels import head_column
 from cropclf.progress import Progress
-from cropclf.splits import SPLITS, split_by_image, split_counts
+from cropclf.data.splits import SPLITS, split_by_image, split_counts
 
 MAX_CLASSES = 40  # sheet rows per head; beyond this only the most frequent classes are drawn
 CELL = 128  # longest side of a crop as drawn in the sheet, in pixels
@@ -97,7 +97,7 @@ def inspect_dataset(cfg: Config, out_dir, per_class: int = 8, log=print,
     crops = _decode(frame, rows, samples, cfg.crop, findings, left_out, progress)
 
     # The split training makes: by image, duplicates dropped, the config's fractions and seed.
-    kept = frame[~frame["duplicate"]]
+    kept = drop_duplicates(frame, log=lambda *a: None)  # listed among the problems instead
     assignment, notes = split_by_image(kept, list(heads), cfg.data.split, cfg.train.seed)
     table = _class_table(frame, left_out, assignment, list(heads))
     sheet_path = out_dir / "contact_sheet.png"

@@ -12,7 +12,7 @@ import keras
 
 from cropclf.config import ModelConfig
 from cropclf.errors import ConfigError
-from cropclf.labels import output_keys
+from cropclf.data.labels import output_keys
 
 # keras.applications trunks whose own preprocessing takes 0..255 pixels.
 _SELF_SCALING = ("MobileNetV3Small", "MobileNetV3Large", "EfficientNetB", "EfficientNetV2", "ConvNeXt")
@@ -21,7 +21,7 @@ _SELF_SCALING = ("MobileNetV3Small", "MobileNetV3Large", "EfficientNetB", "Effic
 def build_model(cfg: ModelConfig, image_size, num_classes: dict[str, int], seed: int = 0) -> keras.Model:
     """Builds the functional model ``image -> {output key: probabilities}``.
 
-    Each head's output (and its Dense layer) is named by its output key (`cropclf.labels.output_keys`),
+    Each head's output (and its Dense layer) is named by its output key (`cropclf.data.labels.output_keys`),
     whatever the head's own name holds. The trunk is a nested model named ``trunk`` and the head's
     dropout layer is ``<key>-dropout``, so no head name can collide with another layer's.
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def learning_curves(history: dict, heads: dict[str, str], path) -> None:
     """One column per head (loss above, accuracy below), training and validation.
 
-    ``heads``: head name -> output key (`cropclf.labels.output_keys`): the history is keyed by key,
+    ``heads``: head name -> output key (`cropclf.data.labels.output_keys`): the history is keyed by key,
     the titles show the head's own name.
     """
     fig, axes = plt.subplots(2, len(heads), figsize=(5 * len(heads), 7), squeeze=False)

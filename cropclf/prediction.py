@@ -28,10 +28,10 @@ import pandas as pd
 
 from cropclf import artifacts
 from cropclf.config import CropConfig
-from cropclf.crops import Problem, why_not_croppable
+from cropclf.data.crops import Problem, why_not_croppable
 from cropclf.errors import CropclfError, ImageError
-from cropclf.images import load_image, probe_image
-from cropclf.labels import output_keys
+from cropclf.data.images import load_image, probe_image
+from cropclf.data.labels import output_keys
 from cropclf.progress import Progress
 
 COLUMNS = ("filename", "region_id", "row", "x", "y", "width", "height")

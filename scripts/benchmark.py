@@ -32,10 +32,10 @@ from cropclf.config import Config, CropConfig, ModelConfig  # noqa: E402
 from cropclf.demo import DEMO_NAMES, DEMO_TYPES, make_demo_dataset  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
 from cropclf.export import export_saved_model  # noqa: E402
-from cropclf.labels import LabelMap, build_label_maps, encode_heads  # noqa: E402
+from cropclf.data.labels import LabelMap, build_label_maps, encode_heads  # noqa: E402
 from cropclf.model import build_model  # noqa: E402
-from cropclf.patches import default_threads  # noqa: E402
-from cropclf.sequence import CropSequence  # noqa: E402
+from cropclf.data.patches import default_threads  # noqa: E402
+from cropclf.data.sequence import CropSequence  # noqa: E402
 
 BATCH, SIZE = 64, (64, 64)
 FIRST_EPOCH_GOAL = 0.75  # x the decode-once limit: first epoch, single worker

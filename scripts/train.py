@@ -24,7 +24,7 @@ def main():
     quiet_tensorflow()
     cfg = config_from_args(args)
     out = args.out or f"runs/{Path(cfg.data.annotations).stem if cfg.data.annotations else 'demo'}"
-    from cropclf.dataset import load_frame
+    from cropclf.data.loading import load_frame
 
     frame = load_frame(cfg)  # bad annotations fail here, in a second, before TensorFlow starts
     from cropclf.model import check_backbone

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cropclf.crops import (canonical_crop, cut_window, expand_box, fit_size, integer_window, jitter_window,
+from cropclf.data.crops import (canonical_crop, cut_window, expand_box, fit_size, integer_window, jitter_window,
                            jitter_reach, output_to_source)
 
 IMAGE = np.arange(37 * 53 * 3, dtype=np.uint32).reshape(37, 53, 3).astype(np.uint8)  # non-square
@@ -145,7 +145,7 @@ def test_crop_wholly_outside_left_or_top_is_all_padding(mode):
     ((-450, -5, 900, 12), None),           # exactly 10 times: still cropped (mostly padding)
 ])
 def test_why_not_croppable_is_the_one_rule(box, kind):
-    from cropclf.crops import why_not_croppable
+    from cropclf.data.crops import why_not_croppable
 
     why = why_not_croppable(box, (60, 90), min_size=2.0)
     assert (why and why[0]) == kind, why
@@ -154,7 +154,8 @@ def test_why_not_croppable_is_the_one_rule(box, kind):
 
 
 def test_why_not_croppable_without_the_image_checks_the_box_only():
-    from cropclf.crops import why_not_croppable
+    from cropclf.data.crops import why_not_croppable
 
     assert why_not_croppable((-500, -500, 10, 10), None, 2.0) is None
     assert why_not_croppable((0, 0, 1, 10), None, 2.0)[0] == "too_small"
+

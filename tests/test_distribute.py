@@ -73,9 +73,9 @@ def _main(tmp, workers, mp, strategy_name):
     import tensorflow as tf
 
     from cropclf.config import Config, CropConfig, ModelConfig
-    from cropclf.labels import build_label_maps
+    from cropclf.data.labels import build_label_maps
     from cropclf.model import build_model
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
     from cropclf.training import _strategy
 
     sys.path.insert(0, str(HERE.parent))

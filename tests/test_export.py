@@ -29,8 +29,8 @@ def _fresh_python(code: str, tmp_path):
 
 def test_every_signature_matches_the_keras_model(trained_run, tmp_path):
     from cropclf.config import Config
-    from cropclf.crops import canonical_crop
-    from cropclf.images import load_image
+    from cropclf.data.crops import canonical_crop
+    from cropclf.data.images import load_image
 
     cfg = Config.from_file(trained_run / "config.json")
     split = pd.read_csv(trained_run / "split.csv")
@@ -77,10 +77,10 @@ def test_train_serve_agreement_on_test_split(trained_run):
     import tensorflow as tf
 
     from cropclf.config import Config
-    from cropclf.dataset import load_frame
-    from cropclf.images import load_image
-    from cropclf.labels import load_label_maps
-    from cropclf.sequence import CropSequence
+    from cropclf.data.loading import load_frame
+    from cropclf.data.images import load_image
+    from cropclf.data.labels import load_label_maps
+    from cropclf.data.sequence import CropSequence
 
     cfg = Config.from_file(trained_run / "config.json")
     maps = load_label_maps(trained_run / "labels.json")
@@ -110,7 +110,7 @@ def test_exif_rotated_jpeg_is_served_upright(trained_run, tmp_path):
     import tensorflow as tf
     from PIL import Image
 
-    from cropclf.images import load_image
+    from cropclf.data.images import load_image
 
     rng = np.random.default_rng(0)
     upright = cv2.GaussianBlur(rng.integers(0, 255, (120, 80, 3), dtype=np.uint8), (9, 9), 0)
@@ -189,7 +189,7 @@ def _tree(path) -> dict:
 @pytest.fixture(scope="module")
 def two_exports(tmp_path_factory):
     """Two pixel-model SavedModels that crop differently (margins 0 and 0.5), exported once."""
-    from cropclf.crops import canonical_crop
+    from cropclf.data.crops import canonical_crop
     from test_export_parity import export_pixel_model
 
     root = tmp_path_factory.mktemp("exports")

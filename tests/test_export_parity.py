@@ -1,4 +1,4 @@
-"""The SavedModel's in-graph crop equals `cropclf.crops.canonical_crop` to within one grey level.
+"""The SavedModel's in-graph crop equals `cropclf.data.crops.canonical_crop` to within one grey level.
 
 On a sharp black-and-white image a window one pixel off moves whole edges, so any difference in the
 window maths shows up as tens of grey levels; the area/bilinear resize itself may round differently by 1.
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cropclf.crops import canonical_crop, expand_box, integer_windows
+from cropclf.data.crops import canonical_crop, expand_box, integer_windows
 from cropclf.export import crop_in_graph
 
 IMAGE_HW = (480, 560)  # windows of boxes up to 700 px (910 px with the margin) fit the graph's bound
@@ -55,7 +55,7 @@ def export_pixel_model(out_dir, image_size, margin, mode="stretch"):
 
     from cropclf.config import Config
     from cropclf.export import export_saved_model
-    from cropclf.labels import LabelMap
+    from cropclf.data.labels import LabelMap
     from cropclf.model import output_name
 
     h, w = image_size

@@ -26,8 +26,8 @@ from PIL import Image
 
 from cropclf import read_annotations
 from cropclf.errors import AnnotationError, ImageError, LabelError
-from cropclf.images import load_image, probe_image
-from cropclf.labels import LabelMap, label_maps_to_json, load_label_maps
+from cropclf.data.images import load_image, probe_image
+from cropclf.data.labels import LabelMap, label_maps_to_json, load_label_maps
 
 RECT = {"name": "rect", "x": 10, "y": 20, "width": 30, "height": 40}
 CANARY = "__import__('pathlib').Path('CANARY').touch()"  # must never run
@@ -195,7 +195,7 @@ def test_extra_columns_become_attributes(tmp_path):
 
 def test_missing_label_column_reads_with_no_labels(tmp_path):
     """Without region_attributes the file is a flat CSV with no labels; training then names it."""
-    from cropclf.labels import head_column
+    from cropclf.data.labels import head_column
 
     text = VIA_HEADER.removesuffix(",region_attributes") + "\nx.jpg,100,{},1,0," + cell(RECT)
     df = read_annotations(write(tmp_path, "via.csv", text))
@@ -384,7 +384,7 @@ SEQUENCE = {
 def _sequence(images, cases):
     """A CropSequence over one region per case (in order) plus a good region, and its frame."""
     from cropclf.config import CropConfig
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
 
     rows = [{"path": str(images / name), "x": x, "y": y, "width": w, "height": h, "name": "a",
              "type": "t"} for name, (x, y, w, h), _ in cases]
@@ -398,7 +398,7 @@ def _sequence(images, cases):
 
 @pytest.mark.parametrize("case", SEQUENCE)
 def test_crop_sequence(images, case):
-    from cropclf.crops import canonical_crop
+    from cropclf.data.crops import canonical_crop
 
     name, box, reason = SEQUENCE[case]
     seq, frame = _sequence(images, [SEQUENCE[case]])

@@ -16,7 +16,7 @@ from conftest import REPO, write_image
 from fixtures_via import VIA_HEADER, via_csv_lines, via_json, write
 
 from cropclf import read_annotations
-from cropclf.labels import head_column
+from cropclf.data.labels import head_column
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def model_dir(tmp_path_factory):
     """An untrained two-head model (name: a/b, type: x/y) exported as a SavedModel."""
     from cropclf.config import Config, CropConfig, ModelConfig
     from cropclf.export import export_saved_model
-    from cropclf.labels import LabelMap
+    from cropclf.data.labels import LabelMap
     from cropclf.model import build_model
 
     model = build_model(ModelConfig(width=8), (32, 32), {"name": 2, "type": 2})
@@ -83,7 +83,7 @@ def keys(frame):
 def test_box_predictions_match_the_signature(model_dir, data, tmp_path):
     import tensorflow as tf
 
-    from cropclf.images import load_image
+    from cropclf.data.images import load_image
 
     boxes = [[5, 6, 30, 20], [40.5, 30, 20, 12.25], [-3, -2, 20, 70]]
     done = predict("--model", model_dir, "--image", tmp_path / "a.png",
@@ -254,8 +254,8 @@ def test_prediction_module_needs_no_keras(model_dir, data):
     # (it waits for a model), and nothing of training.
     top = {m.split(".")[0] for m in modules}
     assert {"cv2", "PIL", "numpy", "pandas"} <= top and not {"tensorflow", "keras", "albumentations"} & top
-    assert not {"cropclf.model", "cropclf.training", "cropclf.sequence", "cropclf.export",
-                "cropclf.augment", "cropclf.patches"} & set(modules)
+    assert not {"cropclf.model", "cropclf.training", "cropclf.data.sequence", "cropclf.export",
+                "cropclf.data.augment", "cropclf.data.patches"} & set(modules)
     table = pd.read_csv(io.StringIO(done.stdout))
     assert table.columns.tolist()[-4:] == ["name", "name_score", "type", "type_score"]
     assert set(zip(table["filename"], table["region_id"])) == CLASSIFIED and len(table) == 3

@@ -196,8 +196,8 @@ def scenes(draw):
 def test_any_box_is_cropped_or_left_out(folder, scene, out_h, out_w, margin, mode, pad_value,
                                         min_size, augment, seed):
     from cropclf.config import AugmentConfig, CropConfig
-    from cropclf.labels import LabelMap
-    from cropclf.sequence import CropSequence
+    from cropclf.data.labels import LabelMap
+    from cropclf.data.sequence import CropSequence
 
     h, w, grey, boxes = scene
     rng = np.random.default_rng(seed)

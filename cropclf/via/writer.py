@@ -22,7 +22,7 @@ import pandas as pd
 
 from cropclf import artifacts
 from cropclf.errors import LabelError
-from cropclf.labels import head_column
+from cropclf.data.labels import head_column
 from cropclf.via.vocabulary import (OPTION_TYPES, REGION_KEY, VIA_CSV_COLUMNS, csv_records, dump, header_names,
                                     quote_filename, quote_json_cell, repair)
 

@@ -27,12 +27,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cropclf.augment import build_augmentation  # noqa: E402
+from cropclf.data.augment import build_augmentation  # noqa: E402
 from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
-from cropclf.crops import Problem, fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
+from cropclf.data.crops import Problem, fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
-from cropclf.labels import LabelMap, encode_heads, output_keys  # noqa: E402
-from cropclf.patches import PatchStore, default_threads  # noqa: E402
+from cropclf.data.labels import LabelMap, encode_heads, output_keys  # noqa: E402
+from cropclf.data.patches import PatchStore, default_threads  # noqa: E402
 
 
 class CropSequence(keras.utils.PyDataset):

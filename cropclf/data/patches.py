@@ -31,9 +31,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cropclf.crops import Problem, expand_box, integer_windows, letterbox, resize, why_not_croppable
+from cropclf.data.crops import Problem, expand_box, integer_windows, letterbox, resize, why_not_croppable
 from cropclf.errors import ConfigError, ImageError
-from cropclf.images import load_image, probe_image
+from cropclf.data.images import load_image, probe_image
 from cropclf.progress import Progress
 
 
