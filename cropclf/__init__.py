@@ -33,7 +33,7 @@ _LAZY = {  # these import TensorFlow/Keras; load them only when asked for
     "build_model": "cropclf.model",
     "train": "cropclf.training",
     "evaluate_run": "cropclf.evaluation",
-    "export_saved_model": "cropclf.export",
+    "export_saved_model": "cropclf.serving.export",
     "make_demo_dataset": "cropclf.demo",
 }
 

@@ -21,11 +21,12 @@ import pandas as pd
 from cropclf import artifacts
 from cropclf.via import read_annotations
 from cropclf.config import Config
-from cropclf.data.crops import Problem, canonical_crop, expand_box, fit_size, integer_window, why_not_croppable
+from cropclf.data.crops import Problem, box_in_crop, canonical_crop, why_not_croppable
 from cropclf.data.loading import annotations_path, drop_duplicates
 from cropclf.errors import ImageError, LabelError
 from cropclf.data.images import load_image, probe_image
 from cropclf.data.labels import head_column
+from cropclf.plots import ascii_text
 from cropclf.progress import Progress
 from cropclf.data.splits import SPLITS, split_by_image, split_counts
 
@@ -345,13 +346,9 @@ def _draw_sheet(frame, rows, samples, crops, table, cfg, findings, source_name, 
 
 def _outline(cell, box, out_hw, scale, crop) -> None:
     """Draws the annotated box on a crop shown at ``scale``; the margin around it is context."""
-    x0, y0, x1, y1 = integer_window(expand_box(box, crop.margin))
-    h, w = fit_size((y1 - y0, x1 - x0), out_hw, crop.resize)
-    top, left = (out_hw[0] - h) // 2 * scale, (out_hw[1] - w) // 2 * scale
-    sx, sy = w / (x1 - x0) * scale, h / (y1 - y0) * scale
-    x, y, bw, bh = box
-    p = (round(left + (x - x0) * sx), round(top + (y - y0) * sy))
-    q = (round(left + (x + bw - x0) * sx) - 1, round(top + (y + bh - y0) * sy) - 1)
+    x0, y0, x1, y1 = (v * scale for v in box_in_crop(box, out_hw, crop.margin, crop.resize))
+    p = (round(x0), round(y0))
+    q = (round(x1) - 1, round(y1) - 1)
     cv2.rectangle(cell, (p[0] - 1, p[1] - 1), (q[0] + 1, q[1] + 1), (0, 0, 0), 1, cv2.LINE_4)
     cv2.rectangle(cell, p, q, (255, 0, 255), 1, cv2.LINE_4)  # black-edged: shows on magenta too
 
@@ -368,7 +365,7 @@ def _band(width, lines, sizes, color) -> np.ndarray:
 
 def _text(img, text, org, size, width=None, color=(0, 0, 0), thick=1) -> None:
     """ASCII text (OpenCV's fonts have no other glyphs), cut in the middle to fit ``width``."""
-    text = str(text).encode("ascii", "replace").decode("ascii")
+    text = ascii_text(str(text))
     font = cv2.FONT_HERSHEY_SIMPLEX
     while width and len(text) > 4 and cv2.getTextSize(text, font, size, thick)[0][0] > width:
         half = (len(text) - 3) // 2

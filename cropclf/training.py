@@ -125,7 +125,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     if not (run_dir / "model.keras").exists():
         raise CropclfError(f"Training produced no model in {run_dir} (loss was not finite?). Received: no checkpoint")
     if export:
-        from cropclf.export import export_run
+        from cropclf.serving.export import export_run
 
         export_run(run_dir, log=log)
     artifacts.write_json(run_dir / "status.json", {"state": "complete", "at": time.time()})

@@ -31,7 +31,7 @@ from cropclf.via import read_annotations  # noqa: E402
 from cropclf.config import Config, CropConfig, ModelConfig  # noqa: E402
 from cropclf.demo import DEMO_NAMES, DEMO_TYPES, make_demo_dataset  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
-from cropclf.export import export_saved_model  # noqa: E402
+from cropclf.serving.export import export_saved_model  # noqa: E402
 from cropclf.data.labels import LabelMap, build_label_maps, encode_heads  # noqa: E402
 from cropclf.model import build_model  # noqa: E402
 from cropclf.data.patches import default_threads  # noqa: E402

@@ -21,7 +21,7 @@ def main():
 
     if not (Path(args.run) / "model.keras").exists():
         raise CropclfError(f"{args.run} holds no model.keras. Received: --run {args.run}")
-    from cropclf.export import export_run
+    from cropclf.serving.export import export_run
 
     export_run(args.run, args.out)
 

@@ -58,7 +58,7 @@ def main():
         p.error("--via-out rewrites the file given by --annotations; pass --annotations")
     quiet_tensorflow()
     from cropclf.via import read_annotations
-    from cropclf.prediction import Classifier, predict_regions, regions_from_boxes, write_predictions
+    from cropclf.serving.prediction import Classifier, predict_regions, regions_from_boxes, write_predictions
     from cropclf.via.writer import write_via
 
     if args.image:

@@ -48,7 +48,7 @@ def test_letterbox_keeps_aspect():
 
 
 def test_output_to_source_maps_corners():
-    m = output_to_source((10, 20, 30, 40), (4, 3), "stretch")
+    m = output_to_source((10, 20, 30, 40), (4, 3))
     # output pixel (0, 0) centre samples source index of the window's first cell centre
     np.testing.assert_allclose(m @ [0, 0, 1], [10 + 5 - 0.5, 20 + 5 - 0.5])
     np.testing.assert_allclose(m @ [2, 3, 1], [10 + 25 - 0.5, 20 + 35 - 0.5])
@@ -159,3 +159,17 @@ def test_why_not_croppable_without_the_image_checks_the_box_only():
     assert why_not_croppable((-500, -500, 10, 10), None, 2.0) is None
     assert why_not_croppable((0, 0, 1, 10), None, 2.0)[0] == "too_small"
 
+
+@pytest.mark.parametrize("mode, expected", [("stretch", (10, 7.5, 30, 22.5)), ("letterbox", (10, 10, 30, 20))])
+def test_box_in_crop_is_where_canonical_crop_puts_the_box(mode, expected):
+    from cropclf.data.crops import box_in_crop
+
+    # a 20x10 box grown by half its size per side: a 40x20 window, resized into 30x40
+    assert box_in_crop((5, 5, 20, 10), (30, 40), 0.5, mode) == pytest.approx(expected)
+    # and the pixels agree: a white box on black comes out white exactly there (sharp edges)
+    image = np.zeros((40, 50, 3), np.uint8)
+    image[5:15, 5:25] = 255
+    crop = canonical_crop(image, (5, 5, 20, 10), (30, 40), 0.5, mode)
+    x0, y0, x1, y1 = (int(v) for v in np.round(expected))
+    assert crop[(y0 + y1) // 2, (x0 + x1) // 2].min() == 255
+    assert crop[max(y0 - 2, 0), (x0 + x1) // 2].max() < 255 and crop[(y0 + y1) // 2, max(x0 - 2, 0)].max() < 255

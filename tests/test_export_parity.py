@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cropclf.data.crops import canonical_crop, expand_box, integer_windows
-from cropclf.export import crop_in_graph
+from cropclf.serving.export import crop_in_graph
 
 IMAGE_HW = (480, 560)  # windows of boxes up to 700 px (910 px with the margin) fit the graph's bound
 OUT_HW = (64, 48)
@@ -54,7 +54,7 @@ def export_pixel_model(out_dir, image_size, margin, mode="stretch"):
     import keras
 
     from cropclf.config import Config
-    from cropclf.export import export_saved_model
+    from cropclf.serving.export import export_saved_model
     from cropclf.data.labels import LabelMap
     from cropclf.model import output_name
 

@@ -133,7 +133,7 @@ def test_train_evaluate_export_predict(tmp_path, heads):
 
     from cropclf.config import Config
     from cropclf.evaluation import evaluate_run
-    from cropclf.prediction import Classifier, predict_regions, write_predictions
+    from cropclf.serving.prediction import Classifier, predict_regions, write_predictions
     from cropclf.training import train
     from cropclf.via import read_annotations
     from cropclf.via.writer import write_via

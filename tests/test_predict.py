@@ -1,4 +1,4 @@
-"""Tests for scripts/predict.py and cropclf.prediction, on a SavedModel exported untrained."""
+"""Tests for scripts/predict.py and cropclf.serving.prediction, on a SavedModel exported untrained."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ SKIPPED = {("a.png", 1), ("b.png", 1), ("missing.png", 0)}
 def model_dir(tmp_path_factory):
     """An untrained two-head model (name: a/b, type: x/y) exported as a SavedModel."""
     from cropclf.config import Config, CropConfig, ModelConfig
-    from cropclf.export import export_saved_model
+    from cropclf.serving.export import export_saved_model
     from cropclf.data.labels import LabelMap
     from cropclf.model import build_model
 
@@ -233,7 +233,7 @@ _WITHOUT_KERAS = """
 import json, runpy, sys
 for name in ("keras", "tf_keras", "albumentations"):
     sys.modules[name] = None
-import cropclf.prediction
+import cropclf.serving.prediction
 modules = sorted(m for m in sys.modules if sys.modules[m] is not None)
 print(json.dumps(modules), file=sys.stderr)
 sys.argv = ["predict.py", *sys.argv[1:]]
@@ -250,11 +250,11 @@ def test_prediction_module_needs_no_keras(model_dir, data):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     modules = json.loads(next(line for line in done.stderr.splitlines() if line.startswith("[")))
-    # Importing cropclf.prediction loads OpenCV, Pillow, numpy and pandas, not even TensorFlow
+    # Importing cropclf.serving.prediction loads OpenCV, Pillow, numpy and pandas, not even TensorFlow
     # (it waits for a model), and nothing of training.
     top = {m.split(".")[0] for m in modules}
     assert {"cv2", "PIL", "numpy", "pandas"} <= top and not {"tensorflow", "keras", "albumentations"} & top
-    assert not {"cropclf.model", "cropclf.training", "cropclf.data.sequence", "cropclf.export",
+    assert not {"cropclf.model", "cropclf.training", "cropclf.data.sequence", "cropclf.serving.export",
                 "cropclf.data.augment", "cropclf.data.patches"} & set(modules)
     table = pd.read_csv(io.StringIO(done.stdout))
     assert table.columns.tolist()[-4:] == ["name", "name_score", "type", "type_score"]

@@ -150,7 +150,7 @@ def test_jitter_takes_context_from_real_pixels(tmp_path, monkeypatch, room):
         X = seq[0][0][0]
         window = windows[-1]
         th, tw = fit_size((window[3], window[2]), CROP.image_size, "stretch")
-        M = output_to_source(window, (th, tw), "stretch")
+        M = output_to_source(window, (th, tw))
         ref = cv2.warpAffine(image, M, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REPLICATE)
         worst = max(worst, float(np.abs(X - ref).max()))

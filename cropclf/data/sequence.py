@@ -16,11 +16,9 @@ from __future__ import annotations
 import copy
 import math
 import multiprocessing
-import os
 import threading
 from concurrent.futures import CancelledError, ProcessPoolExecutor, ThreadPoolExecutor
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2  # noqa: E402
 import keras  # noqa: E402
@@ -209,7 +207,7 @@ class CropSequence(keras.utils.PyDataset):
         oh, ow = self.crop.image_size
         window = jitter_window(self.store.margin_boxes[s], rng, self.jitter.shift, self.jitter.scale)
         th, tw = fit_size((window[3], window[2]), (oh, ow), self.crop.resize)
-        M = output_to_source(self.store.to_patch(s, window), (th, tw), "stretch")
+        M = output_to_source(self.store.to_patch(s, window), (th, tw))
         # the patch reaches as far as the jitter can (PatchStore's reach): the border mode only fills
         # the half pixel an enlarging warp samples beyond the window's edge, as resize does
         crop = cv2.warpAffine(self.store.patch(s), M, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,

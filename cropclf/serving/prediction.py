@@ -41,7 +41,7 @@ _BOX_HELP = "--box takes x,y,width,height in image pixels (4 numbers, width and 
 
 
 class Classifier:
-    """A SavedModel from `cropclf.export`: its heads (from ``metadata()``) and ``classify_regions``.
+    """A SavedModel from `cropclf.serving.export`: its heads (from ``metadata()``) and ``classify_regions``.
 
     Raises:
         CropclfError: ``path`` is not a SavedModel, or not one written by cropclf.
