@@ -382,10 +382,6 @@ def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> No
 
 
 def _strategy(cfg: Config):
-    n_cpu = int(os.environ.get("CROPCLF_CPU_DEVICES", "0"))
-    if n_cpu > 1:  # tests: split the CPU into logical devices before TensorFlow initialises
-        cpus = tf.config.list_physical_devices("CPU")
-        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n_cpu)
     if cfg.train.distribute == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]

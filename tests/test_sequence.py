@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+# Private on purpose: no public Keras API runs a PyDataset's workers as fit does; this is fit's own adapter.
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 from cropclf.config import AugmentConfig, CropConfig
