@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from cropclf.data.crops import canonical_crop, expand_box, integer_windows
-from cropclf.serving.export import crop_in_graph
+from cropclf.serving.graph import crop_in_graph
 
 IMAGE_HW = (480, 560)  # windows of boxes up to 700 px (910 px with the margin) fit the graph's bound
 OUT_HW = (64, 48)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -260,3 +261,29 @@ def test_prediction_module_needs_no_keras(model_dir, data):
     assert table.columns.tolist()[-4:] == ["name", "name_score", "type", "type_score"]
     assert set(zip(table["filename"], table["region_id"])) == CLASSIFIED and len(table) == 3
     assert set(table["name"]) <= {"a", "b"} and set(table["type"]) <= {"x", "y"}
+
+
+def test_min_size_comes_from_the_models_metadata(tmp_path):
+    """Prediction leaves out what training left out, by the exported model's own crop.min_size, even
+    without the run's config file beside it (exports before this carried only assets.extra/config.json)."""
+    import shutil
+
+    from cropclf.config import Config, CropConfig, ModelConfig
+    from cropclf.data.labels import LabelMap
+    from cropclf.model import build_model
+    from cropclf.serving.export import export_saved_model
+    from cropclf.serving.prediction import Classifier, predict_regions, regions_from_boxes
+
+    model = build_model(ModelConfig(width=4), (32, 32), {"name": 2})
+    cfg = Config(crop=CropConfig(image_size=(32, 32), min_size=7.0))
+    out = Path(export_saved_model(model, {"name": LabelMap("name", ["a", "b"])}, cfg, tmp_path / "m")).resolve()
+    served = tmp_path / "served"
+    shutil.copytree(out, served)
+    shutil.rmtree(served / "assets.extra")
+    clf = Classifier(served)
+    assert clf.min_size == 7.0 and clf.preprocessing["min_size"] == 7.0
+    write_image(tmp_path / "a.png", np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8))
+    frame = regions_from_boxes(tmp_path / "a.png", ["2,2,6,20", "2,2,8,20"])
+    predictions, skipped = predict_regions(clf, frame, progress=False)
+    assert len(predictions) == 1 and [p.kind for p in skipped] == ["too_small"]
+    assert "smaller than min_size=7" in skipped[0].reason
