@@ -55,12 +55,12 @@ def export_pixel_model(out_dir, image_size, margin, mode="stretch"):
 
     from cropclf.config import Config
     from cropclf.serving.export import export_saved_model
-    from cropclf.data.labels import LabelMap
-    from cropclf.model import output_name
+    from cropclf.data.labels import LabelMap, output_keys
 
+    key = output_keys(["pixels"])["pixels"]  # the head's output name, as the model and export name it
     h, w = image_size
     inputs = keras.Input((h, w, 3), name="image")
-    model = keras.Model(inputs, {output_name("pixels"): keras.layers.Flatten(name=output_name("pixels"))(inputs)})
+    model = keras.Model(inputs, {key: keras.layers.Flatten(name=key)(inputs)})
     maps = {"pixels": LabelMap("pixels", [f"p{i}" for i in range(h * w * 3)])}
     cfg = Config().replace(**{"crop.image_size": [h, w], "crop.margin": margin, "crop.resize": mode})
     return export_saved_model(model, maps, cfg, out_dir)
@@ -68,9 +68,9 @@ def export_pixel_model(out_dir, image_size, margin, mode="stretch"):
 
 def served_crops(signature, image_size, **inputs) -> np.ndarray:
     """The crops a pixel model's signature cut, as uint8 ``[N, h, w, 3]``."""
-    from cropclf.model import output_name
+    from cropclf.data.labels import output_keys
 
-    flat = signature(**inputs)[output_name("pixels") + "_probabilities"].numpy()
+    flat = signature(**inputs)[output_keys(["pixels"])["pixels"] + "_probabilities"].numpy()
     return np.round(flat).astype(np.uint8).reshape(-1, *image_size, 3)
 
 
