@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and make:
 #   make train   -> creates .venv, installs cropclf, trains on the demo data (or ARGS="--annotations ...")
-#   make test    -> creates .venv if needed, runs the whole test suite
+#   make test    -> creates .venv if needed, runs the whole test suite (slow tests included: CI runs them)
+#   make test-fast -> the tests that neither train nor export (-m "not slow"), for the edit loop
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: train test bench install clean
+.PHONY: train test test-fast bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ train: install
 
 test: install
 	$(PY) -m pytest $(ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 bench: install
 	$(PY) scripts/benchmark.py $(ARGS)

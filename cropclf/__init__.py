@@ -6,7 +6,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations phones 
 
 
 def _raise_opencv_pixel_limit() -> None:
-    """Lifts OpenCV's own pixel limit to at least ``CROPCLF_MAX_PIXELS`` (see `cropclf.images`).
+    """Lifts OpenCV's own pixel limit to at least ``CROPCLF_MAX_PIXELS`` (see `cropclf.data.images`).
 
     OpenCV refuses images over ``OPENCV_IO_MAX_IMAGE_PIXELS`` (default 2^30), which it reads once,
     when cv2 is imported, so this runs here, before any cropclf module imports cv2.
@@ -21,19 +21,19 @@ _raise_opencv_pixel_limit()
 
 __version__ = "0.1.0"
 
-from cropclf.annotations import read_annotations  # noqa: E402
+from cropclf.via import read_annotations  # noqa: E402
 from cropclf.config import Config  # noqa: E402
 from cropclf.errors import AnnotationError, CropclfError, ImageError, LabelError  # noqa: E402
-from cropclf.labels import LabelMap, build_label_maps  # noqa: E402
-from cropclf.splits import split_by_image  # noqa: E402
+from cropclf.data.labels import LabelMap, build_label_maps  # noqa: E402
+from cropclf.data.splits import split_by_image  # noqa: E402
 
 _LAZY = {  # these import TensorFlow/Keras; load them only when asked for
-    "CropSequence": "cropclf.sequence",
-    "PatchStore": "cropclf.patches",
+    "CropSequence": "cropclf.data.sequence",
+    "PatchStore": "cropclf.data.patches",
     "build_model": "cropclf.model",
     "train": "cropclf.training",
     "evaluate_run": "cropclf.evaluation",
-    "export_saved_model": "cropclf.export",
+    "export_saved_model": "cropclf.serving.export",
     "make_demo_dataset": "cropclf.demo",
 }
 

@@ -20,21 +20,11 @@ def write_json(path, obj) -> Path:
 
 
 def write_bytes(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename makes it visible
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -48,9 +38,16 @@ def atomic_file(path, suffix: str = ""):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix or path.suffix}", dir=path.parent)
     os.close(fd)
-    try:
+    with _renamed_into_place(tmp, path):
         yield Path(tmp)
         os.chmod(tmp, _FILE_MODE)
+
+
+@contextlib.contextmanager
+def _renamed_into_place(tmp, path):
+    """Renames ``tmp`` over ``path`` when the block succeeds; removes ``tmp`` when it fails (Ctrl-C too)."""
+    try:
+        yield
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -67,17 +64,12 @@ def publish_copy(source, path) -> Path:
     source, path = Path(source), Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     remove(tmp)  # left by a killed process of the same id; it may share an inode with a checkpoint
-    try:
+    with _renamed_into_place(tmp, path):
         try:
             os.link(source, tmp)
         except OSError:  # no hard links here (some network and FAT file systems)
             shutil.copyfile(source, tmp)
             os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
-import pandas as pd
 
 from cropclf import artifacts
-from cropclf.annotations import read_annotations
-from cropclf.config import Config
-from cropclf.dataset import load_frame
-from cropclf.labels import encode_heads, load_label_maps, output_keys
-from cropclf.patches import PatchStore, default_threads
+from cropclf.data.labels import encode_heads, output_keys
+from cropclf.data.loading import Run, build_store, drop_duplicates, load_frame
+from cropclf.data.sequence import CropSequence
 from cropclf.plots import confusion_matrix, contact_sheet
-from cropclf.sequence import CropSequence
+from cropclf.via import read_annotations
 
 
 def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", out_dir=None, log=print,
@@ -26,17 +22,15 @@ def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", ou
     head gets its baselines, 95 % intervals from ``resamples`` bootstrap resamples of the images
     (seeded by ``seed``) and a warning when it does not beat its baselines (see `head_metrics`).
     """
-    run_dir = Path(run_dir)
-    cfg = Config.from_file(run_dir / "config.json")
-    maps = load_label_maps(run_dir / "labels.json")
+    run = Run(run_dir)
+    run_dir, cfg, maps = run.dir, run.config, run.label_maps
     if annotations:
         frame = read_annotations(annotations, image_root=images, allow_outside_root=cfg.data.allow_outside_root)
-        frame = frame[~frame["duplicate"]] if "duplicate" in frame else frame
+        frame = drop_duplicates(frame, log)
         source = str(annotations)
     else:
         frame = load_frame(cfg, log=lambda *a: None)
-        assignment = dict(pd.read_csv(run_dir / "split.csv", dtype=str, keep_default_na=False).values)
-        frame = frame[frame["path"].map(assignment) == split]
+        frame = frame[frame["path"].map(run.split) == split]
         source = f"{cfg.data.annotations or 'demo dataset'} ({split} split)"
     out_dir = Path(out_dir) if out_dir else run_dir / ("evaluation" if not annotations else
                                                        f"evaluation_{Path(annotations).stem}")
@@ -49,16 +43,14 @@ def evaluate_run(run_dir, annotations=None, images=None, split: str = "test", ou
             log(f"head '{h}': {int((ids[h] == -2).sum())} region(s) carry labels training never saw, "
                 f"reported, not scored: {values}")
 
-    store = PatchStore(frame[known], cfg.crop.image_size, cfg.crop.margin, 0.0, cfg.crop.resize,
-                       cfg.crop.min_size, cfg.crop.pad_value, memory_mb=cfg.data.cache_memory_mb,
-                       cache_dir=cfg.data.cache_dir, threads=default_threads())
+    store = build_store(cfg, frame[known])  # scored as served: no jitter
     seq = CropSequence(frame[known], maps, cfg.train.batch_size, cfg.crop, False, store=store)
     if len(seq.slots) == 0:
         from cropclf.errors import CropclfError
 
         raise CropclfError(f"{source}: no region can be scored. Received: {len(frame)} regions, "
                            f"{len(seq.skipped)} left out, {n_unseen} with unseen labels")
-    model = keras.models.load_model(run_dir / "model.keras")
+    model = run.load_model()
     probs = model.predict(seq, verbose=1)
     report = {"run": str(run_dir), "data": source, "regions_scored": int(len(seq.slots)),
               "regions_left_out": [str(p) for p in seq.skipped], "regions_with_unseen_labels": n_unseen,
@@ -93,7 +85,7 @@ def serving_agreement(saved_model, frame, seq: CropSequence, probs, maps) -> dic
     """How often the SavedModel's in-graph crop (``classify_regions``) gives the Keras model's label."""
     import tensorflow as tf
 
-    from cropclf.images import load_image
+    from cropclf.data.images import load_image
 
     classify = tf.saved_model.load(str(saved_model)).signatures["classify_regions"]
     position = {label: k for k, label in enumerate(seq.index)}
@@ -293,6 +285,6 @@ def _worst_sheet(seq: CropSequence, maps, probs, badness: np.ndarray, wrong: np.
 
 
 def _column(frame, head):
-    from cropclf.labels import head_column
+    from cropclf.data.labels import head_column
 
     return head_column(frame, head)

@@ -17,7 +17,7 @@ import numpy as np
 
 from cropclf.config import Config, ModelConfig, describe_trunk, weights_source
 from cropclf.errors import ConfigError
-from cropclf.labels import output_keys
+from cropclf.data.labels import output_keys
 
 # What each keras.applications family's ``preprocess_input`` does to 0..255 RGB pixels, rebuilt from
 # Keras's layers so the SavedModel needs nothing else (checked against preprocess_input in the tests):
@@ -36,7 +36,7 @@ _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # mode="
 def build_model(cfg: ModelConfig, image_size, num_classes: dict[str, int], seed: int = 0) -> keras.Model:
     """Builds the functional model ``image -> {output key: probabilities}``.
 
-    Each head's output (and its Dense layer) is named by its output key (`cropclf.labels.output_keys`),
+    Each head's output (and its Dense layer) is named by its output key (`cropclf.data.labels.output_keys`),
     whatever the head's own name holds. The trunk is a nested model named ``trunk`` and the head's
     dropout layer is ``<key>-dropout``, so no head name can collide with another layer's.
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def learning_curves(history: dict, heads: dict[str, str], path) -> None:
     """One column per head (loss above, accuracy below), training and validation.
 
-    ``heads``: head name -> output key (`cropclf.labels.output_keys`): the history is keyed by key,
+    ``heads``: head name -> output key (`cropclf.data.labels.output_keys`): the history is keyed by key,
     the titles show the head's own name.
     """
     fig, axes = plt.subplots(2, len(heads), figsize=(5 * len(heads), 7), squeeze=False)
@@ -76,9 +76,9 @@ def contact_sheet(crops, captions, path, columns: int = 8, scale: int = 2, title
     captions = [[str(c) for c in (cap if isinstance(cap, (list, tuple)) else [cap])] for cap in captions]
     highlight = highlight or [[False] * len(cap) for cap in captions]
     h, w = crops[0].shape[:2]
-    text_w = max(_text_width(_ascii(line)) for cap in captions for line in cap)
+    text_w = max(_text_width(ascii_text(line)) for cap in captions for line in cap)
     cw, ch = min(max(w * scale, 140, text_w + 6), max(_MAX_CELL_W, w * scale)), h * scale
-    cells = [[(piece, mark) for line, mark in zip(cap, marks) for piece in _wrap(_ascii(line), cw - 6)]
+    cells = [[(piece, mark) for line, mark in zip(cap, marks) for piece in _wrap(ascii_text(line), cw - 6)]
              for cap, marks in zip(captions, highlight)]
     cell_h = ch + _LINE_H * max(len(c) for c in cells) + 6
     columns = min(columns, len(crops))
@@ -116,8 +116,8 @@ def _wrap(text: str, width: int) -> list[str]:
     return pieces + [text]
 
 
-def _ascii(text: str) -> str:
-    # OpenCV's Hershey fonts draw ASCII only; keep other characters visible as '?'.
+def ascii_text(text: str) -> str:
+    """OpenCV's Hershey fonts draw ASCII only; other characters stay visible as '?'."""
     return text.encode("ascii", "replace").decode("ascii")
 
 

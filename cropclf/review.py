@@ -24,10 +24,10 @@ import pandas as pd
 
 from cropclf import artifacts
 from cropclf.config import Config
-from cropclf.crops import canonical_crop
+from cropclf.data.crops import canonical_crop
 from cropclf.errors import CropclfError
-from cropclf.images import load_image
-from cropclf.labels import build_label_maps, head_column, output_keys
+from cropclf.data.images import load_image
+from cropclf.data.labels import balanced_class_weights, build_label_maps, head_column, output_keys
 from cropclf.plots import contact_sheet
 
 SHEET_COUNT = 32  # crops on a contact sheet: a screenful
@@ -116,16 +116,13 @@ def review_run(run_dir, folds: int = 5, out_dir=None, simulate_noise: float | No
     Raises:
         CropclfError: ``run_dir`` holds no config.json, or there are fewer images than folds.
     """
-    from cropclf.dataset import annotations_path, load_frame, prepare
+    from cropclf.data.loading import Run, annotations_path, load_frame, prepare
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise CropclfError(f"{run_dir} holds no config.json: is it a run directory of scripts/train.py? "
-                           f"Received: --run {run_dir}")
+    run = Run(run_dir)
+    run_dir, cfg = run.dir, run.config
     if folds < 2:
         raise CropclfError(f"--folds must be >= 2 (each region is scored by a model that never saw it). "
                            f"Received: {folds}")
-    cfg = Config.from_file(run_dir / "config.json")
     heads = list(cfg.data.heads)
     out_dir = Path(out_dir) if out_dir else run_dir / ("review_simulated" if simulate_noise else "review")
     source = annotations_path(cfg, log)
@@ -234,7 +231,7 @@ def format_measurement(m: dict) -> str:
 
 def _usable(frame, maps, cfg, store) -> np.ndarray:
     """Index of the regions a model can train on: croppable and labelled for every head."""
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
 
     return np.asarray(CropSequence(frame, maps, cfg.train.batch_size, cfg.crop, False, store=store).index)
 
@@ -254,12 +251,12 @@ def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, 
     import keras
 
     from cropclf.model import build_model, compile_model
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
     from cropclf.training import _set_precision
 
     _set_precision(cfg)
     kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing)
-    weights = _balanced(train_frame, maps) if cfg.train.class_weight == "balanced" else None
+    weights = balanced_class_weights(train_frame, maps, store.has) if cfg.train.class_weight == "balanced" else None
     train_seq = CropSequence(train_frame, maps, cfg.train.batch_size, cfg.crop, cfg.augment, seed=seed,
                              store=store, class_weights=weights, **kw)
     keras.utils.set_random_seed(seed)  # weights and dropout, as training does; data has its own RNGs
@@ -276,19 +273,6 @@ def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, 
     keras.backend.clear_session()
     keys = output_keys(list(maps))
     return {h: np.asarray(probs[keys[h]], np.float32) for h in maps}
-
-
-def _balanced(frame, maps) -> dict:
-    """Per head, ``n / (k * n_c)``: the run's ``class_weight = "balanced"``."""
-    from cropclf.labels import encode_heads
-
-    out = {}
-    for h, ids in encode_heads(frame, maps).items():
-        counts = np.bincount(ids[ids >= 0], minlength=len(maps[h])).astype(np.float64)
-        w = np.ones_like(counts)
-        w[counts > 0] = counts.sum() / ((counts > 0).sum() * counts[counts > 0])
-        out[h] = w.astype(np.float32)
-    return out
 
 
 def _issues(frame, used, heads, maps, probs, given, flipped) -> pd.DataFrame:
@@ -309,7 +293,7 @@ def _issues(frame, used, heads, maps, probs, given, flipped) -> pd.DataFrame:
 
 
 def _suspect_sheet(frame, maps, store, cfg, issues, path, count: int = SHEET_COUNT) -> None:
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
 
     top, crops = issues.head(count), []
     if len(top):
@@ -323,8 +307,8 @@ def _suspect_sheet(frame, maps, store, cfg, issues, path, count: int = SHEET_COU
 
 def _write_review_via(source, cfg, issues: pd.DataFrame, out_dir: Path) -> Path:
     """The annotation file again with ``review`` on each suspect; images holding suspects first."""
-    from cropclf.annotations import read_annotations
-    from cropclf.via_writer import write_attributes
+    from cropclf.via import read_annotations
+    from cropclf.via.writer import write_attributes
 
     frame = read_annotations(source, cfg.data.images, allow_outside_root=cfg.data.allow_outside_root)
     values, rank = {}, {}

@@ -22,19 +22,19 @@ import tensorflow as tf
 
 from cropclf import artifacts
 from cropclf.config import Config
-from cropclf.dataset import Prepared, prepare, print_problems
+from cropclf.data.loading import Prepared, prepare, print_problems, read_split
 from cropclf.errors import ConfigError, CropclfError, ImageError
-from cropclf.labels import label_maps_to_json, load_label_maps, output_keys
+from cropclf.data.labels import balanced_class_weights, label_maps_to_json, load_label_maps, output_keys
 from cropclf.model import apply_stage, build_model, stage, trunk_layers
 from cropclf.plots import learning_curves
-from cropclf.sequence import CropSequence
+from cropclf.data.sequence import CropSequence
 
 
 def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, log=print,
           frame: pd.DataFrame | None = None) -> Path:
     """Trains (or resumes) the run in ``run_dir`` and returns its path.
 
-    ``frame``: the regions `cropclf.dataset.load_frame` already read for this config, if any.
+    ``frame``: the regions `cropclf.data.loading.load_frame` already read for this config, if any.
     """
     run_dir = Path(run_dir)
     if overwrite and run_dir.exists():
@@ -60,12 +60,13 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
 
     # Data: read, check every image and region, split by image, decode once.
     resume_maps = load_label_maps(run_dir / "labels.json") if state else None
-    resume_split = _read_split(run_dir / "split.csv") if state else None
+    resume_split = read_split(run_dir / "split.csv") if state else None
     data = prepare(cfg, resume_maps, resume_split, log=log, frame=frame)
     _check_images(cfg, data, log)
     _write_data_artefacts(cfg, data, run_dir, log)
 
-    weights = _class_weights(data, cfg) if cfg.train.class_weight == "balanced" else None
+    weights = (balanced_class_weights(data.split("train"), data.label_maps, data.store.has)
+               if cfg.train.class_weight == "balanced" else None)
     kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing,
               replicas=strategy.num_replicas_in_sync)
     train_seq = CropSequence(data.split("train"), data.label_maps, cfg.train.batch_size, cfg.crop, cfg.augment,
@@ -140,7 +141,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     if not (run_dir / "model.keras").exists():
         raise CropclfError(f"Training produced no model in {run_dir} (loss was not finite?). Received: no checkpoint")
     if export:
-        from cropclf.export import export_run
+        from cropclf.serving.export import export_run
 
         export_run(run_dir, log=log)
     artifacts.write_json(run_dir / "status.json", {"state": "complete", "at": time.time()})
@@ -423,7 +424,7 @@ def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> No
         "undefined_values": int(data.frame.attrs.get("undefined_values", 0)),
         "bad_image_count": len(data.store.bad_images), "bad_images": data.store.bad_images,
         "regions_left_out_count": len(data.problems),
-        "regions_left_out": [{"path": p.path, "row": p.row, "reason": p.reason} for p in data.problems],
+        "regions_left_out": [{"path": p.file, "row": p.row, "reason": p.reason} for p in data.problems],
         "split_notes": data.notes,
     }
     artifacts.write_json(run_dir / "data_report.json", report)
@@ -431,30 +432,7 @@ def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> No
         log(f"split: {note}")
 
 
-def _class_weights(data: Prepared, cfg: Config) -> dict:
-    """Per head, ``n / (k * n_c)`` over the training split: rare classes count as much as common ones."""
-    from cropclf.labels import encode_heads
-
-    frame = data.split("train")
-    labels = encode_heads(frame, data.label_maps)
-    # only the regions the training sequence uses: croppable and labelled for every head
-    used = np.array([data.store.has(i) for i in frame.index], bool)
-    used &= np.all([v >= 0 for v in labels.values()], axis=0)
-    out = {}
-    for head, ids in labels.items():
-        counts = np.bincount(ids[used], minlength=len(data.label_maps[head])).astype(np.float64)
-        present = counts > 0
-        w = np.ones_like(counts)
-        w[present] = counts[present].sum() / (present.sum() * counts[present])
-        out[head] = w.astype(np.float32)
-    return out
-
-
 def _strategy(cfg: Config):
-    n_cpu = int(os.environ.get("CROPCLF_CPU_DEVICES", "0"))
-    if n_cpu > 1:  # tests: split the CPU into logical devices before TensorFlow initialises
-        cpus = tf.config.list_physical_devices("CPU")
-        tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n_cpu)
     if cfg.train.distribute == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
@@ -475,8 +453,3 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _read_split(path: Path) -> dict:
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return dict(zip(table["path"], table["split"]))

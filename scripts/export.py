@@ -1,30 +1,14 @@
 """Export a run's best model as a self-contained TensorFlow SavedModel (training does this too).
 
-    python scripts/export.py --run runs/demo [--out exported/]
+The command lives in cropclf/commands/export.py; `cropclf export` runs the same code. --help lists the flags.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cropclf.cli import quiet_tensorflow, run  # noqa: E402
-
-
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, help="run directory written by scripts/train.py")
-    p.add_argument("--out", help="SavedModel folder (default: RUN/saved_model)")
-    args = p.parse_args()
-    quiet_tensorflow()
-    from cropclf.errors import CropclfError
-
-    if not (Path(args.run) / "model.keras").exists():
-        raise CropclfError(f"{args.run} holds no model.keras. Received: --run {args.run}")
-    from cropclf.export import export_run
-
-    export_run(args.run, args.out)
-
+from cropclf.cli import run  # noqa: E402
+from cropclf.commands.export import main  # noqa: E402
 
 if __name__ == "__main__":
     run(main)

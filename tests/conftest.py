@@ -106,3 +106,32 @@ def trained_run(demo_medium, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "small"
     train(small_config(demo_medium), run_dir, log=lambda *a: None)
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """One file per kind of image, good and bad (tests/hostile_inputs.py `IMAGES`); ``missing.jpg`` is never
+    written."""
+    import hostile_inputs
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("images")
+    rgb = hostile_inputs.smooth(60, 90)
+    write_image(d / "good.png", rgb)
+    alpha = np.full(rgb.shape[:2], 9, np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(d / "alpha.png")
+    Image.fromarray(rgb[..., 1], "L").save(d / "gray.png")
+    write_image(d / "gray16.png", rgb.astype(np.uint16) * 257)
+    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg", quality=98)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    Image.fromarray(rgb).save(d / "rotated.jpg", exif=exif.tobytes(), quality=98)
+    Image.fromarray(rgb).save(d / "full.jpg", quality=98)
+    data = (d / "full.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    data = (d / "good.png").read_bytes()
+    (d / "truncated.png").write_bytes(data[: len(data) // 2])  # its header is whole
+    (d / "text.jpg").write_text("this is a text file, not a JPEG\n")
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "enormous.png").write_bytes(hostile_inputs.png_claiming(100_000, 100_000))
+    return d

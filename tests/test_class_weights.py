@@ -8,9 +8,9 @@ import pytest
 from conftest import small_config, write_image
 from fixtures_via import VIA_HEADER, csv_row, write
 
-from cropclf.annotations import read_annotations
+from cropclf.via import read_annotations
 from cropclf.config import CropConfig, ModelConfig
-from cropclf.labels import build_label_maps
+from cropclf.data.labels import build_label_maps
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def imbalanced_dataset(folder):
 def train_recording_weights(annotations, run_dir, monkeypatch) -> dict:
     """Trains one epoch through `cropclf.training.train`; returns the training sequence's weights."""
     from cropclf import training
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
 
     seen = {}
 
@@ -78,7 +78,7 @@ def weighted_cross_entropy(y, p, w):
 def test_keras_applies_each_heads_weights_to_that_heads_loss(tiny_images):
     """Through ``model.fit``: each head's reported loss is its own weighted cross-entropy."""
     from cropclf.model import build_model, compile_model
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
 
     maps = build_label_maps(tiny_images, ["name", "type"])
     # Weights far from 1 and different per head: ignoring them, or swapping heads, shows.

@@ -10,11 +10,11 @@ import pytest
 
 from conftest import regions_frame, write_image
 from cropclf.config import AugmentConfig, Config, CropConfig
-from cropclf.crops import canonical_crop
-from cropclf.dataset import prepare
-from cropclf.images import load_image
-from cropclf.labels import build_label_maps
-from cropclf.sequence import CropSequence
+from cropclf.data.crops import canonical_crop
+from cropclf.data.loading import prepare
+from cropclf.data.images import load_image
+from cropclf.data.labels import build_label_maps
+from cropclf.data.sequence import CropSequence
 
 SIDES = [2, 2.5, 3, 4.7, 9, 16, 23.4, 40, 61.5, 97, 150, 333.3]  # tiny to several times the image
 NO_AUGMENT = AugmentConfig(shift=0, scale=0, hflip=0, rotate=0, color=0, blur=0)  # enabled, but a no-op

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cropclf.crops import (canonical_crop, cut_window, expand_box, fit_size, integer_window, jitter_window,
+from cropclf.data.crops import (canonical_crop, cut_window, expand_box, fit_size, integer_window, jitter_window,
                            jitter_reach, output_to_source)
 
 IMAGE = np.arange(37 * 53 * 3, dtype=np.uint32).reshape(37, 53, 3).astype(np.uint8)  # non-square
@@ -48,7 +48,7 @@ def test_letterbox_keeps_aspect():
 
 
 def test_output_to_source_maps_corners():
-    m = output_to_source((10, 20, 30, 40), (4, 3), "stretch")
+    m = output_to_source((10, 20, 30, 40), (4, 3))
     # output pixel (0, 0) centre samples source index of the window's first cell centre
     np.testing.assert_allclose(m @ [0, 0, 1], [10 + 5 - 0.5, 20 + 5 - 0.5])
     np.testing.assert_allclose(m @ [2, 3, 1], [10 + 25 - 0.5, 20 + 35 - 0.5])
@@ -131,3 +131,45 @@ def test_crop_wholly_outside_left_or_top_is_all_padding(mode):
     for box in [(-30.5, 10, 12, 9), (10, -25.25, 12, 9), (-100, -100, 50, 20)]:
         out = canonical_crop(SHARP, box, (16, 24), margin=0.15, mode=mode, pad_value=7)
         assert out.shape == (16, 24, 3) and (out == 7).all(), box
+
+
+@pytest.mark.parametrize("box, kind", [
+    ((10, 10, 20, 12), None),
+    ((float("nan"), 10, 20, 12), "non_finite"),
+    ((10, 10, 0, 12), "zero_area"),
+    ((10, 10, 1.5, 12), "too_small"),
+    ((10, 10, -5, 12), "too_small"),
+    ((90, 10, 20, 12), "outside_image"),   # x == width: no pixel inside
+    ((-20, 10, 20, 12), "outside_image"),  # ends exactly at the left edge
+    ((-500, -5, 901, 12), "oversized"),    # over 10 times the 90 px width
+    ((-450, -5, 900, 12), None),           # exactly 10 times: still cropped (mostly padding)
+])
+def test_why_not_croppable_is_the_one_rule(box, kind):
+    from cropclf.data.crops import why_not_croppable
+
+    why = why_not_croppable(box, (60, 90), min_size=2.0)
+    assert (why and why[0]) == kind, why
+    if kind:
+        assert "box" in why[1]
+
+
+def test_why_not_croppable_without_the_image_checks_the_box_only():
+    from cropclf.data.crops import why_not_croppable
+
+    assert why_not_croppable((-500, -500, 10, 10), None, 2.0) is None
+    assert why_not_croppable((0, 0, 1, 10), None, 2.0)[0] == "too_small"
+
+
+@pytest.mark.parametrize("mode, expected", [("stretch", (10, 7.5, 30, 22.5)), ("letterbox", (10, 10, 30, 20))])
+def test_box_in_crop_is_where_canonical_crop_puts_the_box(mode, expected):
+    from cropclf.data.crops import box_in_crop
+
+    # a 20x10 box grown by half its size per side: a 40x20 window, resized into 30x40
+    assert box_in_crop((5, 5, 20, 10), (30, 40), 0.5, mode) == pytest.approx(expected)
+    # and the pixels agree: a white box on black comes out white exactly there (sharp edges)
+    image = np.zeros((40, 50, 3), np.uint8)
+    image[5:15, 5:25] = 255
+    crop = canonical_crop(image, (5, 5, 20, 10), (30, 40), 0.5, mode)
+    x0, y0, x1, y1 = (int(v) for v in np.round(expected))
+    assert crop[(y0 + y1) // 2, (x0 + x1) // 2].min() == 255
+    assert crop[max(y0 - 2, 0), (x0 + x1) // 2].max() < 255 and crop[(y0 + y1) // 2, max(x0 - 2, 0)].max() < 255

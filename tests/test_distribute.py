@@ -21,7 +21,7 @@ REGIONS, BATCH, EPOCHS = 41, 2, 3  # 21 batches (more than Keras queues), the la
 
 def run_fit(tmp_path, workers, mp, strategy="mirrored"):
     out = tmp_path / "record.json"
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "CROPCLF_CPU_DEVICES": "2",
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1",
            "PYTHONPATH": os.pathsep.join([str(HERE.parents[1]), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(HERE), str(tmp_path), str(workers), str(int(mp)), strategy],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -73,14 +73,16 @@ def _main(tmp, workers, mp, strategy_name):
     import tensorflow as tf
 
     from cropclf.config import Config, CropConfig, ModelConfig
-    from cropclf.labels import build_label_maps
+    from cropclf.data.labels import build_label_maps
     from cropclf.model import build_model
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
     from cropclf.training import _strategy
 
     sys.path.insert(0, str(HERE.parent))
     from conftest import regions_frame
+    from cpu_devices import split_cpu
 
+    split_cpu(2)  # two replicas without GPUs, before TensorFlow fixes its devices
     cfg = Config().replace(**{"train.distribute": strategy_name})
     strategy = _strategy(cfg)
     rng = np.random.default_rng(0)

@@ -215,7 +215,7 @@ def test_contact_sheet_wraps_a_caption_wider_than_its_cell(tmp_path):
 
 def test_worst_sheet_marks_the_wrong_head(tmp_path):
     from cropclf import evaluation
-    from cropclf.labels import LabelMap
+    from cropclf.data.labels import LabelMap
 
     class Seq:  # the two things _worst_sheet reads from a CropSequence
         labels = {"name": np.array([0, 1]), "type": np.array([0, 0])}

@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cropclf.crops import canonical_crop
-from cropclf.export import decode_oriented, exif_orientation
+from cropclf.data.crops import canonical_crop
+from cropclf.serving.graph import decode_oriented, exif_orientation
 
 STORED_HW = (24, 40)  # as stored; orientations 5-8 show it as 40x24
 LOSSLESS = {"PNG": {}, "WEBP": {"lossless": True}}

@@ -29,8 +29,8 @@ def _fresh_python(code: str, tmp_path):
 
 def test_every_signature_matches_the_keras_model(trained_run, tmp_path):
     from cropclf.config import Config
-    from cropclf.crops import canonical_crop
-    from cropclf.images import load_image
+    from cropclf.data.crops import canonical_crop
+    from cropclf.data.images import load_image
 
     cfg = Config.from_file(trained_run / "config.json")
     split = pd.read_csv(trained_run / "split.csv")
@@ -77,10 +77,10 @@ def test_train_serve_agreement_on_test_split(trained_run):
     import tensorflow as tf
 
     from cropclf.config import Config
-    from cropclf.dataset import load_frame
-    from cropclf.images import load_image
-    from cropclf.labels import load_label_maps
-    from cropclf.sequence import CropSequence
+    from cropclf.data.loading import load_frame
+    from cropclf.data.images import load_image
+    from cropclf.data.labels import load_label_maps
+    from cropclf.data.sequence import CropSequence
 
     cfg = Config.from_file(trained_run / "config.json")
     maps = load_label_maps(trained_run / "labels.json")
@@ -110,7 +110,7 @@ def test_exif_rotated_jpeg_is_served_upright(trained_run, tmp_path):
     import tensorflow as tf
     from PIL import Image
 
-    from cropclf.images import load_image
+    from cropclf.data.images import load_image
 
     rng = np.random.default_rng(0)
     upright = cv2.GaussianBlur(rng.integers(0, 255, (120, 80, 3), dtype=np.uint8), (9, 9), 0)
@@ -131,7 +131,7 @@ def test_exif_rotated_jpeg_is_served_upright(trained_run, tmp_path):
 
 
 def test_failed_export_leaves_previous_intact(trained_run, tmp_path, monkeypatch):
-    from cropclf.export import export_run
+    from cropclf.serving.export import export_run
 
     out = tmp_path / "exported"
     export_run(trained_run, out, log=lambda *a: None)
@@ -140,9 +140,9 @@ def test_failed_export_leaves_previous_intact(trained_run, tmp_path, monkeypatch
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    import cropclf.export
+    import cropclf.serving.export
 
-    monkeypatch.setattr(cropclf.export.artifacts, "write_text", full_disk)  # midway through the export
+    monkeypatch.setattr(cropclf.serving.export.artifacts, "write_text", full_disk)  # midway through the export
     with pytest.raises(OSError, match="No space left"):
         export_run(trained_run, out, log=lambda *a: None)
     assert (out / "saved_model.pb").read_bytes() == before
@@ -189,7 +189,7 @@ def _tree(path) -> dict:
 @pytest.fixture(scope="module")
 def two_exports(tmp_path_factory):
     """Two pixel-model SavedModels that crop differently (margins 0 and 0.5), exported once."""
-    from cropclf.crops import canonical_crop
+    from cropclf.data.crops import canonical_crop
     from test_export_parity import export_pixel_model
 
     root = tmp_path_factory.mktemp("exports")
@@ -209,11 +209,11 @@ class _Snapshots:
         import os
         import shutil
 
-        import cropclf.export
+        import cropclf.serving.export
 
         self.root, self.dest, self.steps, self.busy = root, dest, [], False
         for module, name in [(os, "rename"), (os, "replace"), (os, "symlink"), (shutil, "rmtree"),
-                             (cropclf.export, "_exchange"), (cropclf.export, "_fsync_tree")]:
+                             (cropclf.serving.export, "_exchange"), (cropclf.serving.export, "_fsync_tree")]:
             monkeypatch.setattr(module, name, self._wrap(name, getattr(module, name)))
 
     def _wrap(self, name, real):
@@ -239,7 +239,7 @@ def _publish(out, source, snaps=None):
     """`publish_version` with the SavedModel writer replaced by a copy of an export made earlier."""
     import shutil
 
-    from cropclf.export import publish_version
+    from cropclf.serving.export import publish_version
 
     with publish_version(out) as tmp:
         if snaps:
@@ -317,7 +317,7 @@ def test_export_recovers_from_a_kill_just_before_the_swap(tmp_path, monkeypatch,
 def test_a_failed_step_leaves_the_previous_model_in_use(tmp_path, monkeypatch, two_exports, step):
     import os
 
-    import cropclf.export
+    import cropclf.serving.export
 
     out = tmp_path / "saved_model"
     _publish(out, two_exports["old"])
@@ -326,10 +326,10 @@ def test_a_failed_step_leaves_the_previous_model_in_use(tmp_path, monkeypatch, t
     def failing(*args, **kwargs):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(cropclf.export.os, step, failing)
+    monkeypatch.setattr(cropclf.serving.export.os, step, failing)
     with pytest.raises(OSError, match="Input/output error"):
         _publish(out, two_exports["new"])
-    monkeypatch.setattr(cropclf.export.os, step, real)
+    monkeypatch.setattr(cropclf.serving.export.os, step, real)
     assert _tree(out) == _tree(two_exports["old"])
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert not [p.name for p in (tmp_path / "saved_model.versions").iterdir() if p.name.startswith(".")]
@@ -339,7 +339,7 @@ def test_a_failed_step_leaves_the_previous_model_in_use(tmp_path, monkeypatch, t
 
 def test_predict_and_evaluate_read_the_linked_export(two_exports, tmp_path):
     """The documented path (a link) is what `--model runs/x/saved_model` and evaluation open."""
-    from cropclf.prediction import Classifier
+    from cropclf.serving.prediction import Classifier
 
     out = tmp_path / "saved_model"
     _publish(out, two_exports["new"])

@@ -1,4 +1,4 @@
-"""The SavedModel's in-graph crop equals `cropclf.crops.canonical_crop` to within one grey level.
+"""The SavedModel's in-graph crop equals `cropclf.data.crops.canonical_crop` to within one grey level.
 
 On a sharp black-and-white image a window one pixel off moves whole edges, so any difference in the
 window maths shows up as tens of grey levels; the area/bilinear resize itself may round differently by 1.
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cropclf.crops import canonical_crop, expand_box, integer_windows
-from cropclf.export import crop_in_graph
+from cropclf.data.crops import canonical_crop, expand_box, integer_windows
+from cropclf.serving.graph import crop_in_graph
 
 IMAGE_HW = (480, 560)  # windows of boxes up to 700 px (910 px with the margin) fit the graph's bound
 OUT_HW = (64, 48)
@@ -54,12 +54,13 @@ def export_pixel_model(out_dir, image_size, margin, mode="stretch"):
     import keras
 
     from cropclf.config import Config
-    from cropclf.export import export_saved_model
-    from cropclf.labels import LabelMap
+    from cropclf.serving.export import export_saved_model
+    from cropclf.data.labels import LabelMap, output_keys
 
+    key = output_keys(["pixels"])["pixels"]  # the head's output name, as the model and export name it
     h, w = image_size
     inputs = keras.Input((h, w, 3), name="image")
-    model = keras.Model(inputs, {"pixels": keras.layers.Flatten(name="pixels")(inputs)})  # key of head 'pixels'
+    model = keras.Model(inputs, {key: keras.layers.Flatten(name=key)(inputs)})
     maps = {"pixels": LabelMap("pixels", [f"p{i}" for i in range(h * w * 3)])}
     cfg = Config().replace(**{"crop.image_size": [h, w], "crop.margin": margin, "crop.resize": mode})
     return export_saved_model(model, maps, cfg, out_dir)
@@ -67,7 +68,9 @@ def export_pixel_model(out_dir, image_size, margin, mode="stretch"):
 
 def served_crops(signature, image_size, **inputs) -> np.ndarray:
     """The crops a pixel model's signature cut, as uint8 ``[N, h, w, 3]``."""
-    flat = signature(**inputs)["pixels_probabilities"].numpy()
+    from cropclf.data.labels import output_keys
+
+    flat = signature(**inputs)[output_keys(["pixels"])["pixels"] + "_probabilities"].numpy()
     return np.round(flat).astype(np.uint8).reshape(-1, *image_size, 3)
 
 

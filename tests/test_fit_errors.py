@@ -65,7 +65,7 @@ if __name__ == "__main__":
     import runpy
 
     from cropclf.errors import ImageError
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
 
     kind, first = sys.argv[1].split(":")
     sys.argv = [str(REPO / "scripts" / "train.py"), *sys.argv[2:]]

@@ -1,6 +1,6 @@
 """Head names as VIA holds them (spaces, digits, slashes, non-Latin text) train, evaluate, export and predict.
 
-The rule head -> output key lives in `cropclf.labels.output_keys`; everything else (targets and
+The rule head -> output key lives in `cropclf.data.labels.output_keys`; everything else (targets and
 sample weights, the model's outputs, history, the SavedModel's outputs and its metadata) follows it,
 while labels.json, reports, predictions and the VIA write-back keep the head's own name.
 """
@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, regions_frame, write_image
 from cropclf.errors import ConfigError
-from cropclf.labels import LabelMap, output_keys
+from cropclf.data.labels import LabelMap, output_keys
 from fixtures_via import VIA_HEADER, csv_row
 
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "CROPCLF_QUIET": "1", "PYTHONPATH": str(REPO)}
@@ -79,7 +79,7 @@ def _hostile_frame(tmp_path, heads, n_images=3):
 
 def test_sequence_keys_targets_and_weights_by_output_key(tmp_path):
     from cropclf.config import CropConfig
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
 
     frame = _hostile_frame(tmp_path, HOSTILE)
     maps = {h: LabelMap.from_frame(frame, h) for h in HOSTILE}
@@ -95,7 +95,7 @@ def test_fit_with_hostile_head_names(tmp_path):
     """Through `model.fit`: targets and sample weights find the model's outputs (TypeError before)."""
     from cropclf.config import CropConfig, ModelConfig
     from cropclf.model import build_model, compile_model
-    from cropclf.sequence import CropSequence
+    from cropclf.data.sequence import CropSequence
 
     frame = _hostile_frame(tmp_path, HOSTILE)
     maps = {h: LabelMap.from_frame(frame, h) for h in HOSTILE}
@@ -133,10 +133,10 @@ def test_train_evaluate_export_predict(tmp_path, heads):
 
     from cropclf.config import Config
     from cropclf.evaluation import evaluate_run
-    from cropclf.prediction import Classifier, predict_regions, write_predictions
+    from cropclf.serving.prediction import Classifier, predict_regions, write_predictions
     from cropclf.training import train
-    from cropclf.annotations import read_annotations
-    from cropclf.via_writer import write_via
+    from cropclf.via import read_annotations
+    from cropclf.via.writer import write_via
 
     via = _write_via_csv(tmp_path, heads)
     cfg = Config().replace(**{"data.annotations": str(via), "data.heads": heads, "data.split": [0.5, 0.25, 0.25],

@@ -30,7 +30,7 @@ def _run(code: str, env: dict, tmp_path) -> dict:
 LOAD = """
     import json, os
     from cropclf.errors import ImageError
-    from cropclf.images import load_image
+    from cropclf.data.images import load_image
     try:
         shape, error = list(load_image("big.png").shape), None
     except ImageError as e:
@@ -63,7 +63,7 @@ def test_opencvs_limit_is_raised_before_cv2_is_imported(big_png, tmp_path):
     """Importing any cropclf module first sets OpenCV's limit; cv2 itself then decodes the image."""
     out = _run("""
         import json, os
-        import cropclf.crops  # imports cv2: the limit must already be in the environment
+        import cropclf.data.crops  # imports cv2: the limit must already be in the environment
         import cv2, numpy as np
         image = cv2.imdecode(np.fromfile("big.png", np.uint8), cv2.IMREAD_COLOR_RGB)
         print(json.dumps({"shape": list(image.shape), "opencv": os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"]}))
@@ -87,7 +87,7 @@ def test_a_lower_opencv_limit_set_by_cv2_imported_first_gets_a_clear_message(big
 
 @pytest.mark.parametrize("value", ["lots", "-5", "2e9"])
 def test_a_bad_limit_is_a_clear_error(tmp_path, value):
-    done = subprocess.run([sys.executable, "-c", "import cropclf.images"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", "import cropclf.data.images"], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path, env={**os.environ, "CROPCLF_MAX_PIXELS": value,
                                                           "PYTHONPATH": str(REPO)})
     assert done.returncode != 0

@@ -11,9 +11,9 @@ from conftest import REPO, write_image
 from fixtures_via import VIA_HEADER, csv_row, write
 
 from cropclf.config import Config
-from cropclf.dataset import load_frame
+from cropclf.data.loading import load_frame
 from cropclf.inspection import inspect_dataset
-from cropclf.splits import split_by_image
+from cropclf.data.splits import split_by_image
 
 SCRIPT = REPO / "scripts" / "inspect_data.py"
 

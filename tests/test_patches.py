@@ -10,12 +10,12 @@ import pytest
 
 from conftest import regions_frame, write_image
 from cropclf.config import AugmentConfig, Config, CropConfig
-from cropclf.crops import canonical_crop, jitter_reach, jitter_window
-from cropclf.dataset import prepare
+from cropclf.data.crops import canonical_crop, jitter_reach, jitter_window
+from cropclf.data.loading import prepare
 from cropclf.errors import ConfigError
-from cropclf.labels import build_label_maps
-from cropclf.patches import PatchStore
-from cropclf.sequence import CropSequence
+from cropclf.data.labels import build_label_maps
+from cropclf.data.patches import PatchStore
+from cropclf.data.sequence import CropSequence
 
 QUIET = {"log": lambda *_: None, "progress": False}
 
@@ -140,7 +140,7 @@ def test_order_is_built_once_per_epoch(tiny_images):
 
 @pytest.mark.parametrize("pad_value", [0, 200])
 def test_large_windows_take_the_chunked_path_to_the_same_patches(tall_image, monkeypatch, pad_value):
-    from cropclf import patches
+    from cropclf.data import patches
 
     _, path = tall_image
     frame = frame_of(path, ANY_ASPECT)

@@ -1,4 +1,4 @@
-"""Tests for scripts/predict.py and cropclf.prediction, on a SavedModel exported untrained."""
+"""Tests for scripts/predict.py and cropclf.serving.prediction, on a SavedModel exported untrained."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from conftest import REPO, write_image
 from fixtures_via import VIA_HEADER, via_csv_lines, via_json, write
 
 from cropclf import read_annotations
-from cropclf.labels import head_column
+from cropclf.data.labels import head_column
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +45,8 @@ SKIPPED = {("a.png", 1), ("b.png", 1), ("missing.png", 0)}
 def model_dir(tmp_path_factory):
     """An untrained two-head model (name: a/b, type: x/y) exported as a SavedModel."""
     from cropclf.config import Config, CropConfig, ModelConfig
-    from cropclf.export import export_saved_model
-    from cropclf.labels import LabelMap
+    from cropclf.serving.export import export_saved_model
+    from cropclf.data.labels import LabelMap
     from cropclf.model import build_model
 
     model = build_model(ModelConfig(width=8), (32, 32), {"name": 2, "type": 2})
@@ -83,7 +84,7 @@ def keys(frame):
 def test_box_predictions_match_the_signature(model_dir, data, tmp_path):
     import tensorflow as tf
 
-    from cropclf.images import load_image
+    from cropclf.data.images import load_image
 
     boxes = [[5, 6, 30, 20], [40.5, 30, 20, 12.25], [-3, -2, 20, 70]]
     done = predict("--model", model_dir, "--image", tmp_path / "a.png",
@@ -173,7 +174,7 @@ def test_via_out_least_sure_first_only_below_and_review_sheet(model_dir, data, t
 
 
 def test_via_project_gets_option_ids_and_text_definitions(tmp_path):
-    from cropclf.via_writer import write_via
+    from cropclf.via.writer import write_via
 
     dropdown = {"type": "dropdown", "description": "", "options": {"0": "x", "1": "y"}}
     project = {"_via_settings": {"core": {"default_filepath": ""}, "project": {"name": "p"}},
@@ -194,7 +195,7 @@ def test_via_project_gets_option_ids_and_text_definitions(tmp_path):
 
 
 def test_flat_csv_gets_its_head_columns_filled(tmp_path):
-    from cropclf.via_writer import write_via
+    from cropclf.via.writer import write_via
 
     shape = json.dumps(RECT_A).replace('"', '""')
     text = f'filename,name,region_shape_attributes\na.png,a,"{shape}"\na.png,a,"{shape}"\n'
@@ -233,7 +234,7 @@ _WITHOUT_KERAS = """
 import json, runpy, sys
 for name in ("keras", "tf_keras", "albumentations"):
     sys.modules[name] = None
-import cropclf.prediction
+import cropclf.serving.prediction
 modules = sorted(m for m in sys.modules if sys.modules[m] is not None)
 print(json.dumps(modules), file=sys.stderr)
 sys.argv = ["predict.py", *sys.argv[1:]]
@@ -250,13 +251,39 @@ def test_prediction_module_needs_no_keras(model_dir, data):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr
     modules = json.loads(next(line for line in done.stderr.splitlines() if line.startswith("[")))
-    # Importing cropclf.prediction loads OpenCV, Pillow, numpy and pandas, not even TensorFlow
+    # Importing cropclf.serving.prediction loads OpenCV, Pillow, numpy and pandas, not even TensorFlow
     # (it waits for a model), and nothing of training.
     top = {m.split(".")[0] for m in modules}
     assert {"cv2", "PIL", "numpy", "pandas"} <= top and not {"tensorflow", "keras", "albumentations"} & top
-    assert not {"cropclf.model", "cropclf.training", "cropclf.sequence", "cropclf.export",
-                "cropclf.augment", "cropclf.patches"} & set(modules)
+    assert not {"cropclf.model", "cropclf.training", "cropclf.data.sequence", "cropclf.serving.export",
+                "cropclf.data.augment", "cropclf.data.patches"} & set(modules)
     table = pd.read_csv(io.StringIO(done.stdout))
     assert table.columns.tolist()[-4:] == ["name", "name_score", "type", "type_score"]
     assert set(zip(table["filename"], table["region_id"])) == CLASSIFIED and len(table) == 3
     assert set(table["name"]) <= {"a", "b"} and set(table["type"]) <= {"x", "y"}
+
+
+def test_min_size_comes_from_the_models_metadata(tmp_path):
+    """Prediction leaves out what training left out, by the exported model's own crop.min_size, even
+    without the run's config file beside it (exports before this carried only assets.extra/config.json)."""
+    import shutil
+
+    from cropclf.config import Config, CropConfig, ModelConfig
+    from cropclf.data.labels import LabelMap
+    from cropclf.model import build_model
+    from cropclf.serving.export import export_saved_model
+    from cropclf.serving.prediction import Classifier, predict_regions, regions_from_boxes
+
+    model = build_model(ModelConfig(width=4), (32, 32), {"name": 2})
+    cfg = Config(crop=CropConfig(image_size=(32, 32), min_size=7.0))
+    out = Path(export_saved_model(model, {"name": LabelMap("name", ["a", "b"])}, cfg, tmp_path / "m")).resolve()
+    served = tmp_path / "served"
+    shutil.copytree(out, served)
+    shutil.rmtree(served / "assets.extra")
+    clf = Classifier(served)
+    assert clf.min_size == 7.0 and clf.preprocessing["min_size"] == 7.0
+    write_image(tmp_path / "a.png", np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8))
+    frame = regions_from_boxes(tmp_path / "a.png", ["2,2,6,20", "2,2,8,20"])
+    predictions, skipped = predict_regions(clf, frame, progress=False)
+    assert len(predictions) == 1 and [p.kind for p in skipped] == ["too_small"]
+    assert "smaller than min_size=7" in skipped[0].reason

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cropclf import read_annotations
-from cropclf.annotations import FIXED_COLUMNS, MAX_COORDINATE, SHAPE_KEYS
+from cropclf.via.frame import FIXED_COLUMNS
+from cropclf.via.shapes import MAX_COORDINATE, SHAPE_KEYS
 from cropclf.errors import CropclfError
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -195,8 +196,8 @@ def scenes(draw):
 def test_any_box_is_cropped_or_left_out(folder, scene, out_h, out_w, margin, mode, pad_value,
                                         min_size, augment, seed):
     from cropclf.config import AugmentConfig, CropConfig
-    from cropclf.labels import LabelMap
-    from cropclf.sequence import CropSequence
+    from cropclf.data.labels import LabelMap
+    from cropclf.data.sequence import CropSequence
 
     h, w, grey, boxes = scene
     rng = np.random.default_rng(seed)

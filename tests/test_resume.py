@@ -35,7 +35,7 @@ import keras
 import numpy as np
 from cropclf import artifacts, training
 from cropclf.config import Config
-from cropclf.sequence import CropSequence
+from cropclf.data.sequence import CropSequence
 
 kill_at = int(os.environ.get("KILL_AT", "0"))
 lock = threading.Lock()

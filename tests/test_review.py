@@ -97,7 +97,7 @@ def write_run(tmp_path, annotations, **overrides):
 
 def test_review_finds_wrong_labels_and_marks_them_in_the_via_file(demo_small, tmp_path, monkeypatch):
     import cropclf.review as review
-    from cropclf.via_writer import write_attributes
+    from cropclf.via.writer import write_attributes
 
     truth = read_annotations(demo_small)
     wrong = {3: ("name", "star" if truth.at[3, "name"] != "star" else "circle"),

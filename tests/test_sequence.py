@@ -2,15 +2,16 @@ import math
 
 import numpy as np
 import pytest
+# Private on purpose: no public Keras API runs a PyDataset's workers as fit does; this is fit's own adapter.
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 from cropclf.config import AugmentConfig, CropConfig
-from cropclf.crops import canonical_crop
+from cropclf.data.crops import canonical_crop
 from cropclf.errors import CropclfError, ImageError
-from cropclf.images import load_image
-from cropclf.labels import build_label_maps
-from cropclf.patches import PatchStore
-from cropclf.sequence import CropSequence
+from cropclf.data.images import load_image
+from cropclf.data.labels import build_label_maps
+from cropclf.data.patches import PatchStore
+from cropclf.data.sequence import CropSequence
 
 CROP = CropConfig(image_size=(24, 40), margin=0.1)  # non-square output
 
@@ -130,8 +131,8 @@ def test_jitter_takes_context_from_real_pixels(tmp_path, monkeypatch, room):
     # replicated edge pixels instead: the comparison must then fail, or this test proves nothing.
     import cv2
 
-    from cropclf import sequence
-    from cropclf.crops import fit_size, output_to_source
+    from cropclf.data import sequence
+    from cropclf.data.crops import fit_size, output_to_source
 
     image, frame = sharp_frame(tmp_path, (60.4, 40.7, 12.3, 9.6))
     augment = AugmentConfig(shift=0.1, scale=0.2, hflip=0, rotate=0, color=0, blur=0)  # jitter alone
@@ -150,7 +151,7 @@ def test_jitter_takes_context_from_real_pixels(tmp_path, monkeypatch, room):
         X = seq[0][0][0]
         window = windows[-1]
         th, tw = fit_size((window[3], window[2]), CROP.image_size, "stretch")
-        M = output_to_source(window, (th, tw), "stretch")
+        M = output_to_source(window, (th, tw))
         ref = cv2.warpAffine(image, M, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                              borderMode=cv2.BORDER_REPLICATE)
         worst = max(worst, float(np.abs(X - ref).max()))
@@ -215,7 +216,7 @@ def test_programming_errors_are_not_data_errors(tiny_images, workers, mp):
 
 
 def test_store_decodes_each_image_once(tiny_images, monkeypatch):
-    import cropclf.patches as patches
+    import cropclf.data.patches as patches
 
     calls = []
     real = patches.load_image

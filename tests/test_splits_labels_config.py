@@ -6,8 +6,8 @@ import pytest
 from conftest import regions_frame
 from cropclf.config import Config
 from cropclf.errors import ConfigError, LabelError
-from cropclf.labels import LabelMap, build_label_maps, encode_heads, label_maps_to_json, load_label_maps
-from cropclf.splits import split_by_image, split_counts
+from cropclf.data.labels import LabelMap, build_label_maps, encode_heads, label_maps_to_json, load_label_maps
+from cropclf.data.splits import split_by_image, split_counts
 
 
 def frame_of(n_images, per_image, labels, seed=0):

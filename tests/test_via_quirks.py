@@ -15,7 +15,7 @@ import pytest
 from conftest import write_image
 from fixtures_via import write
 
-from cropclf.annotations import read_annotations
+from cropclf.via import read_annotations
 
 # As ox-vgg/via's VIA 1 unit test CSV: `#filename` header, JSON string escapes (`\"`) inside a
 # CSV cell whose quotes are doubled, commas/semicolons/`£` in values, a whitespace-only caption,
@@ -222,7 +222,7 @@ def test_duplicated_regions_in_a_json_export(tmp_path):
 
 def test_training_data_leaves_the_duplicates_out(tmp_path):
     from cropclf.config import Config
-    from cropclf.dataset import load_frame
+    from cropclf.data.loading import load_frame
 
     path = write(tmp_path, "via_region_data.json", DUPLICATED_JSON)
     cfg = Config().replace(**{"data.annotations": str(path), "data.heads": ["labels"]})
@@ -257,7 +257,7 @@ def test_zero_size_polygon_is_read_as_an_empty_box(tmp_path):
 
 
 def test_zero_size_polygon_is_left_out_of_cropping_with_its_row(tmp_path):
-    from cropclf.patches import PatchStore
+    from cropclf.data.patches import PatchStore
 
     image = (np.indices((48, 40)).sum(axis=0) % 2 * 255).astype(np.uint8)  # sharp 40x48 checkerboard
     write_image(tmp_path / "Brown_spot1.jpg", np.repeat(image[..., None], 3, axis=2))
@@ -265,5 +265,5 @@ def test_zero_size_polygon_is_left_out_of_cropping_with_its_row(tmp_path):
     store = PatchStore(df, (16, 16), 0.15, 0.15, progress=False)
     assert [store.has(label) for label in df.index] == [True, False, True]
     [problem] = store.problems
-    assert (Path(problem.path).name, problem.row) == ("Brown_spot1.jpg", "row 3")
+    assert (Path(problem.file).name, problem.row) == ("Brown_spot1.jpg", "row 3")
     assert problem.reason.startswith("box 0x0 px is smaller than min_size=2")

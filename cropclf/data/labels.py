@@ -134,6 +134,24 @@ def load_label_maps(path) -> dict[str, LabelMap]:
                          f"train the run again. Received: {str(e)[:80]}") from None
 
 
+def balanced_class_weights(frame: pd.DataFrame, maps: dict[str, LabelMap], croppable=None) -> dict[str, np.ndarray]:
+    """Per head, ``n / (k * n_c)`` over the regions a `CropSequence` of ``frame`` trains on (labelled for
+    every head, and ``croppable(index label)`` when given): rare classes count as much as common ones.
+    Classes without a region weigh 1. The run's ``train.class_weight = "balanced"``."""
+    labels = encode_heads(frame, maps)
+    used = np.all([v >= 0 for v in labels.values()], axis=0) if len(frame) else np.zeros(0, bool)
+    if croppable is not None:
+        used &= np.array([croppable(i) for i in frame.index], bool)
+    out = {}
+    for head, ids in labels.items():
+        counts = np.bincount(ids[used], minlength=len(maps[head])).astype(np.float64)
+        present = counts > 0
+        w = np.ones_like(counts)
+        w[present] = counts[present].sum() / (present.sum() * counts[present])
+        out[head] = w.astype(np.float32)
+    return out
+
+
 def encode_heads(frame: pd.DataFrame, maps: dict[str, LabelMap], unknown: str = "raise") -> dict[str, np.ndarray]:
     """Integer labels per head for every row (-1: unlabelled, -2: unknown when ``unknown="mark"``)."""
     where = [f"{frame.attrs.get('source', '')} {r}".strip() for r in frame["row"]] if "row" in frame else None

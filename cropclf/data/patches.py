@@ -26,29 +26,15 @@ from __future__ import annotations
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import pandas as pd
 
-from cropclf.crops import expand_box, integer_windows, letterbox, resize
+from cropclf.data.crops import Problem, expand_box, integer_windows, letterbox, resize, why_not_croppable
 from cropclf.errors import ConfigError, ImageError
-from cropclf.images import load_image, probe_image
+from cropclf.data.images import load_image, probe_image
 from cropclf.progress import Progress
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something that keeps a region out of training: where it is and why."""
-
-    path: str
-    row: str
-    reason: str
-    label: object = None  # the region's index label in the frame
-
-    def __str__(self) -> str:
-        return f"{self.path} ({self.row}): {self.reason}" if self.row else f"{self.path}: {self.reason}"
 
 
 class PatchStore:
@@ -93,9 +79,11 @@ class PatchStore:
                 self.bad_images[path] = str(e)
         keep = []
         for k, (label, box, path, row) in enumerate(zip(frame.index, boxes, paths, rows)):
-            reason = self._why_not(box, sizes.get(path), min_size, path)
-            if reason:
-                self.problems.append(Problem(path, row, reason, label))
+            why = why_not_croppable(box, sizes.get(path), min_size)
+            if path in self.bad_images and (why is None or why[0] != "non_finite"):
+                why = "unreadable_image", "image missing or unreadable"
+            if why:
+                self.problems.append(Problem(path, row, why[1], why[0], label))
             else:
                 keep.append(k)
 
@@ -153,25 +141,10 @@ class PatchStore:
             path, slots, message = failed
             self.bad_images[path] = message
             self.valid[slots] = False
-            self.problems.extend(Problem(path, self._rows[s], "image unreadable", self._labels[s]) for s in slots)
+            self.problems.extend(Problem(path, self._rows[s], "image unreadable", "unreadable_image", self._labels[s])
+                                 for s in slots)
 
     # --- building ---------------------------------------------------------------------------
-
-    def _why_not(self, box, size, min_size, path) -> str | None:
-        x, y, w, h = box
-        if not np.all(np.isfinite(box)):
-            return f"non-finite box {tuple(float(v) for v in box)}"
-        if path in self.bad_images:
-            return "image missing or unreadable"
-        if w < min_size or h < min_size:
-            return f"box {w:g}x{h:g} px is smaller than min_size={min_size:g} (point, line or degenerate shape)"
-        height, width = size
-        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            return f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies wholly outside the {width}x{height} image"
-        if w > 10 * width or h > 10 * height:
-            return (f"box {w:g}x{h:g} px is over 10 times as wide or tall as the {width}x{height} image; "
-                    "check the coordinates (another image's, or a unit mix-up?)")
-        return None
 
     def _resample(self, image: np.ndarray, s: int) -> np.ndarray:
         """Slot ``s``'s patch from the decoded image: rows first, then columns; padding never allocated."""

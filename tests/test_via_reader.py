@@ -1,4 +1,4 @@
-"""Tests for cropclf.annotations: every VIA variant, shape boxes, attributes, paths and errors."""
+"""Tests for the VIA readers (cropclf.via): every variant, shape boxes, attributes, paths and errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fixtures_via import EXPECTED, IMAGES, VIA_HEADER, cell, csv_row, via_csv_lines, via_json, write
 
-from cropclf.annotations import FIXED_COLUMNS, read_annotations, resolve_image_path
+from cropclf.via import FIXED_COLUMNS, read_annotations, resolve_image_path
 from cropclf.errors import AnnotationError
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "via-samples"
@@ -65,7 +65,7 @@ def test_every_variant_reads_the_same_regions(tmp_path, variant):
     fmt, content = VARIANTS[variant]
     df = read_annotations(write(tmp_path, "annotations.dat", content))  # name says nothing
     assert df.attrs["format"] == fmt
-    assert list(df.columns[:10]) == [*FIXED_COLUMNS, "duplicate"]
+    assert list(df.columns[:11]) == [*FIXED_COLUMNS, "duplicate"]
     assert [(r.filename, r.region_id, r.shape, r.name) for r in df.itertuples()] == [
         (f, i, s, label) for f, i, s, _, label, _ in EXPECTED]
     assert boxes(df) == [box for *_, box, _, _ in EXPECTED]
@@ -373,15 +373,15 @@ def test_bad_json_file_shows_text_near_the_error(tmp_path):
 
 
 def test_module_imports_no_heavy_framework():
-    tree = ast.parse(Path(__file__).resolve().parents[1].joinpath(
-        "cropclf", "annotations.py").read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
-                for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
-                 and n.module}
-    assert not imported & {"tensorflow", "keras", "cv2", "albumentations"}
-    assert "eval(" not in Path(__file__).resolve().parents[1].joinpath(
-        "cropclf", "annotations.py").read_text()
+    for path in Path(__file__).resolve().parents[1].joinpath("cropclf", "via").glob("*.py"):
+        text = path.read_text()
+        tree = ast.parse(text)
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+                    for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                     and n.module}
+        assert not imported & {"tensorflow", "keras", "cv2", "albumentations"}, path
+        assert "eval(" not in text, path
 
 
 # ---------------------------------------------------------------- real VIA exports

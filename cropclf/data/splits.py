@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from cropclf.labels import head_column
+from cropclf.data.labels import head_column
 
 SPLITS = ("train", "val", "test")
 

@@ -4,16 +4,15 @@
     frame = read_annotations("via.csv")
     predictions, skipped = predict_regions(classifier, frame)
     write_predictions(predictions, "predictions.csv")
-    # labels back into the VIA file: cropclf.via_writer.write_via(...)
+    # labels back into the VIA file: cropclf.via.writer.write_via(...)
 
 No Keras and nothing of the training code, so a machine that serves the model needs neither:
 importing this module loads OpenCV, Pillow, numpy and pandas; TensorFlow is imported when a
 `Classifier` loads its SavedModel (tests/test_predict.py runs scripts/predict.py with Keras made
 unimportable). Images are decoded as in training (`load_image`, EXIF applied) and each image's
 regions go through the ``classify_regions`` signature in one call. Regions that cannot be classified
-(points, lines and boxes thinner than the model's ``crop.min_size``, boxes wholly outside their
-image or over 10 times its width or height, missing or unreadable images) come back as `Skipped`,
-never dropped silently.
+(`crops.why_not_croppable` with the model's ``min_size``, as in training; missing or unreadable
+images) come back as `crops.Problem` records, never dropped silently.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -29,32 +27,21 @@ import numpy as np
 import pandas as pd
 
 from cropclf import artifacts
+from cropclf.config import CropConfig
+from cropclf.data.crops import Problem, why_not_croppable
 from cropclf.errors import CropclfError, ImageError
-from cropclf.images import load_image, probe_image
-from cropclf.labels import output_keys
+from cropclf.data.images import load_image, probe_image
+from cropclf.data.labels import output_keys
 from cropclf.progress import Progress
 
 COLUMNS = ("filename", "region_id", "row", "x", "y", "width", "height")
-MIN_SIZE = 2.0  # CropConfig.min_size: training and evaluation leave out thinner boxes too
-MAX_BOX_SCALE = 10  # as PatchStore: it leaves out boxes over 10 times as wide or tall as the image
+BOX = ("x", "y", "width", "height")
 PROGRESS_FROM = 10  # images; fewer finish before a progress line would help
 _BOX_HELP = "--box takes x,y,width,height in image pixels (4 numbers, width and height >= 0)"
 
 
-@dataclass(frozen=True)
-class Skipped:
-    """A region left out: where it is and why."""
-
-    filename: str
-    row: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.filename} ({self.row}): {self.reason}"
-
-
 class Classifier:
-    """A SavedModel from `cropclf.export`: its heads (from ``metadata()``) and ``classify_regions``.
+    """A SavedModel from `cropclf.serving.export`: its heads (from ``metadata()``) and ``classify_regions``.
 
     Raises:
         CropclfError: ``path`` is not a SavedModel, or not one written by cropclf.
@@ -85,7 +72,7 @@ class Classifier:
         self.heads = list(prep.get("heads") or labels)
         self.preprocessing = prep  # crop size, margin, resize mode, padding: to draw its crops
         self.classes = {h: labels[h]["classes"] for h in self.heads}
-        self.min_size = _min_size(path)
+        self.min_size = float(prep["min_size"]) if "min_size" in prep else _min_size(path)
         self._fn = signatures["classify_regions"]
         # Each head's outputs, from the export's own list (heads_json). Exports older than that list
         # could only hold identifier-like head names (name, type), whose keys `output_keys` gives.
@@ -118,11 +105,13 @@ class Classifier:
 
 
 def _min_size(path: Path) -> float:
+    """The training config's ``crop.min_size``, for exports older than ``min_size`` in their metadata."""
+    default = CropConfig.min_size
     try:
         crop = json.loads((path / "assets.extra" / "config.json").read_text("utf-8"))["crop"]
-        return float(crop.get("min_size", MIN_SIZE))
+        return float(crop.get("min_size", default))
     except (OSError, ValueError, KeyError, TypeError):
-        return MIN_SIZE
+        return default
 
 
 # --- regions in ---------------------------------------------------------------------------------
@@ -156,7 +145,7 @@ def regions_from_boxes(image, boxes: list[str]) -> pd.DataFrame:
 # --- prediction ---------------------------------------------------------------------------------
 
 def predict_regions(clf: Classifier, frame: pd.DataFrame, draw_dir=None,
-                    progress: bool = True, second: bool = False) -> tuple[pd.DataFrame, list[Skipped]]:
+                    progress: bool = True, second: bool = False) -> tuple[pd.DataFrame, list[Problem]]:
     """Classifies every region of ``frame`` (from `read_annotations`), one signature call per image.
 
     ``draw_dir``: also write each image with its boxes and predicted labels there, as PNG.
@@ -177,18 +166,18 @@ def predict_regions(clf: Classifier, frame: pd.DataFrame, draw_dir=None,
                 image = load_image(path)
             except ImageError as e:
                 reason = str(e).split(" Received:")[0].removeprefix(f"{path}: ").rstrip(".")
-                skipped += [Skipped(r["filename"], r["row"], f"cannot read {path}: {reason}")
-                            for r in rows]
+                skipped += [Problem(r["filename"], r["row"], f"cannot read {path}: {reason}", "unreadable_image",
+                                    idx) for idx, r in zip(group.index, rows)]
                 bar.update()
                 continue
             keep = []
             for idx, r in zip(group.index, rows):
-                why = why_not(r, image.shape[:2], clf.min_size)
+                why = why_not_croppable([r[c] for c in BOX], image.shape[:2], clf.min_size)
                 if why:
-                    skipped.append(Skipped(r["filename"], r["row"], why))
+                    skipped.append(Problem(r["filename"], r["row"], why[1], why[0], idx))
                 else:
                     keep.append((idx, r))
-            boxes = [[r["x"], r["y"], r["width"], r["height"]] for _, r in keep]
+            boxes = [[r[c] for c in BOX] for _, r in keep]
             result = clf.classify(image, boxes, second) if keep else {}
             for k, (idx, r) in enumerate(keep):
                 record = {c: _plain(r[c]) for c in COLUMNS}
@@ -208,21 +197,6 @@ def predict_regions(clf: Classifier, frame: pd.DataFrame, draw_dir=None,
     extra = ("_second", "_second_score") if second else ()
     columns = [*COLUMNS, *(c for h in clf.heads for c in (h, f"{h}_score", *(h + e for e in extra)))]
     return pd.DataFrame(records, index=index, columns=columns, dtype=object), skipped
-
-
-def why_not(region, image_hw, min_size: float = MIN_SIZE) -> str | None:
-    """Why a region cannot be classified on an image of ``image_hw``, or None when it can."""
-    x, y, w, h = (float(region[c]) for c in ("x", "y", "width", "height"))
-    if w < min_size or h < min_size:
-        what = "point or line" if w == 0 or h == 0 else "too small"
-        return f"box {w:g}x{h:g} px is thinner than {min_size:g} px ({what})"
-    height, width = image_hw
-    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-        return f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies wholly outside the {width}x{height} image"
-    if w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:  # cutting it could take gigabytes
-        return (f"box ({x:g}, {y:g}, {w:g}, {h:g}) is over {MAX_BOX_SCALE:g} times as wide or tall "
-                f"as the {width}x{height} image, so mostly outside it")
-    return None
 
 
 def draw_regions(image: np.ndarray, boxes, records, heads) -> np.ndarray:

@@ -3,9 +3,10 @@
 The same file comes out (VIA 1/2 JSON, VIA 2 project, VIA CSV or the flat CSV) with the predictions
 as region attributes, losing nothing: a region a person labelled keeps its label, the prediction
 goes beside it (``<head>_predicted``, ``<head>_score``); only unlabelled regions get the head filled.
-Regions are matched to the reader's frame by (filename, region_id), numbered exactly as
-`cropclf.annotations` numbers them; other attributes and skipped regions keep what they had; a VIA
-CSV is re-emitted in VIA's own style (7 columns, compact JSON, doubled quotes, no trailing newline).
+Regions are matched to the reader's frame by its ``region_key`` column (the region's position in the
+file, `vocabulary.REGION_KEY`), counted here as the reader counts it; other attributes and skipped
+regions keep what they had; a VIA CSV is re-emitted in VIA's own style (`vocabulary`: 7 columns,
+compact JSON, doubled quotes, no trailing newline).
 Images can be reordered (least sure first: VIA lists images in file order) and filtered.
 """
 
@@ -20,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 
 from cropclf import artifacts
-from cropclf.annotations import _repair  # the reader's fix for VIA's bare `undefined`
 from cropclf.errors import LabelError
-from cropclf.labels import head_column
+from cropclf.data.labels import head_column
+from cropclf.via.vocabulary import (OPTION_TYPES, REGION_KEY, VIA_CSV_COLUMNS, csv_records, dump, header_names,
+                                    quote_filename, quote_json_cell, repair)
 
-_OPTION_TYPES = ("radio", "dropdown", "image", "checkbox")  # VIA stores option ids for these
 PREDICTED, SCORE = "{}_predicted", "{}_score"  # the attributes a prediction goes to beside a label
 DESCRIPTIONS = {PREDICTED: "cropclf's predicted label (not a human label)",
                 SCORE: "cropclf's score for its prediction, 0-1 (low: look here first)"}
@@ -43,7 +44,7 @@ def write_via(source, out, frame: pd.DataFrame, predictions: pd.DataFrame, heads
     Args:
         source: the annotation file ``frame`` was read from.
         out: where to write.
-        frame: `read_annotations(source)`; regions are matched by filename and region id.
+        frame: `read_annotations(source)`; regions are matched by its ``region_key``.
         predictions: `predict_regions` output (index: the frame's; ``h`` and ``h_score`` per head).
         heads: the heads to write.
         overwrite_labels: replace human labels with predicted ones (the old behaviour).
@@ -89,9 +90,7 @@ def write_attributes(source, out, frame: pd.DataFrame, values: dict, *, rank: di
         declare: attribute -> description, declared as text attributes in a VIA 2 project.
         heads: attributes declared as text in a project when it lacks them (label attributes).
     """
-    occurrence = frame.groupby(["filename", "region_id"], sort=False).cumcount()
-    labels = {(frame.at[i, "filename"], int(frame.at[i, "region_id"]), int(occurrence[i])): v
-              for i, v in values.items()}
+    labels = {int(frame.at[i, REGION_KEY]): v for i, v in values.items()}
     order = _Order(rank, keep_images)
     text = Path(source).read_bytes().decode("utf-8-sig")
     fmt = frame.attrs.get("format", "")
@@ -150,13 +149,11 @@ def _via_json(text: str, labels: dict, definitions: dict, order: _Order) -> str:
                                       "default_value": ""})
     else:
         defined = {}
-    seen: dict = {}
+    key = -1
     for image in images.values():
         regions = image.get("regions", [])
-        for i, region in enumerate(regions.values() if isinstance(regions, dict) else regions):
-            if not region.get("shape_attributes"):
-                continue  # not a region to the reader either
-            key = _key(seen, image["filename"], i)
+        for region in regions.values() if isinstance(regions, dict) else regions:
+            key += 1  # every region object, as the reader counts them
             if key in labels:
                 attrs = region.setdefault("region_attributes", {})
                 for name, value in labels[key].items():
@@ -180,44 +177,37 @@ def _via_json(text: str, labels: dict, definitions: dict, order: _Order) -> str:
 
 def _via_csv(text: str, labels: dict, order: _Order) -> str:
     """VIA's own style: 7 columns, filename and size raw, JSON cells quoted, no trailing newline."""
-    records = _records(text)
-    rows, seen = [], {}
-    for fields in records[1:]:
+    records = [fields for _, fields in csv_records(text)]
+    rows = []
+    for key, fields in enumerate(records[1:]):  # the reader's region key
         filename, size, file_attrs, count, region_id, shape, attrs = (fields + [""] * 7)[:7]
-        if _obj(shape):
-            key = _key(seen, filename, int(region_id))
-            if key in labels:
-                attrs = _compact(_obj(attrs) | labels[key])
-        rows.append((filename, ",".join([_raw(filename), size, _quote(file_attrs), count,
-                                         region_id, _quote(shape), _quote(attrs)])))
-    lines = [",".join(records[0][:7])] + [line for _, line in _grouped(rows, order)]
+        if key in labels:
+            attrs = dump(_obj(attrs) | labels[key])
+        rows.append((filename, ",".join([quote_filename(filename), size, quote_json_cell(file_attrs), count,
+                                         region_id, quote_json_cell(shape), quote_json_cell(attrs)])))
+    lines = [",".join(records[0][:len(VIA_CSV_COLUMNS)])] + [line for _, line in _grouped(rows, order)]
     return "\n".join(lines)
 
 
 def _flat_csv(text: str, labels: dict, order: _Order) -> str:
     """The flat CSV (``filename``, label columns, ``region_shape_attributes``), values filled in."""
-    records = _records(text)
-    header = records[0]
-    while len(header) > 1 and not header[-1].strip():
-        header = header[:-1]  # trailing commas, as VIA 1.0.2 wrote them
-    names = [f.strip() for f in header]
-    names[0] = names[0].lstrip("#").strip()
+    records = [fields for _, fields in csv_records(text)]
+    names = header_names(records[0])
+    header = records[0][:len(names)]  # without the trailing commas VIA 1.0.2 wrote
     has_cell = "region_attributes" in names
     wanted = dict.fromkeys(a for v in labels.values() for a in v)
     added = [a for a in wanted if a not in names and not has_cell]
-    rows, counters, seen = [], {}, {}
-    for fields in records[1:]:
+    rows = []
+    for key, fields in enumerate(records[1:]):  # the reader's region key
         fields = (fields + [""] * len(names))[:len(names)] + [""] * len(added)
         cells = dict(zip(names, fields))
         filename = cells["filename"]
-        counters[filename] = counters.get(filename, -1) + 1
-        if _obj(cells["region_shape_attributes"]):
-            key = _key(seen, filename, int(cells.get("region_id", counters[filename])))
-            for name, value in labels.get(key, {}).items():
+        if key in labels:
+            for name, value in labels[key].items():
                 if name in names or name in added:
                     fields[(names + added).index(name)] = value
             if has_cell and key in labels:
-                fields[names.index("region_attributes")] = _compact(
+                fields[names.index("region_attributes")] = dump(
                     _obj(cells["region_attributes"]) | labels[key])
         rows.append((filename, fields))
     buffer = io.StringIO()
@@ -239,16 +229,9 @@ def _grouped(rows: list, order: _Order) -> list:
     return [r for _, group in order.apply(list(groups.items()), lambda kv: kv[0]) for r in group]
 
 
-def _key(seen: dict, filename: str, region_id: int) -> tuple:
-    """(filename, region_id, n): n tells apart regions that share both (repeated images)."""
-    n = seen.get((filename, region_id), -1) + 1
-    seen[(filename, region_id)] = n
-    return filename, region_id, n
-
-
 def _option_value(label: str, spec):
     """A label as VIA stores it: an option id (radio, dropdown, image) or ``{id: true}``."""
-    if not isinstance(spec, dict) or spec.get("type") not in _OPTION_TYPES:
+    if not isinstance(spec, dict) or spec.get("type") not in OPTION_TYPES:
         return label
     options = spec.setdefault("options", {})
     if not isinstance(options, dict):
@@ -263,30 +246,13 @@ def _option_value(label: str, spec):
     return {i: True for i in ids} if spec["type"] == "checkbox" else ids[0]
 
 
-def _records(text: str) -> list[list[str]]:
-    return [r for r in csv.reader(io.StringIO(text, newline="")) if any(f.strip() for f in r)]
-
-
 def _load(text: str):
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return json.loads(_repair(text)[0])  # the reader read it, so this succeeds
+        return json.loads(repair(text)[0])  # the reader read it, so this succeeds
 
 
 def _obj(cell: str) -> dict:
     value = _load(cell) if cell.strip() else {}
     return value if isinstance(value, dict) else {}
-
-
-def _compact(value) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _quote(cell: str) -> str:
-    return '"' + (cell.strip() or "{}").replace('"', '""') + '"'
-
-
-def _raw(filename: str) -> str:
-    """VIA writes file names unquoted; quote only what would otherwise break the row."""
-    return '"' + filename.replace('"', '""') + '"' if re.search(r'[,"\r\n]', filename) else filename

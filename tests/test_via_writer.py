@@ -9,7 +9,7 @@ import pytest
 from fixtures_via import VIA_HEADER, cell, via_csv_lines, via_json, write
 
 from cropclf import read_annotations
-from cropclf.via_writer import write_via
+from cropclf.via.writer import write_via
 
 R = [{"name": "rect", "x": 5 + 9 * k, "y": 6, "width": 30, "height": 20 + k} for k in range(6)]
 # Human labels on some regions, some heads only; b.png's and c.png's second region have none.

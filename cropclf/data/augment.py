@@ -7,9 +7,7 @@ once it is cut: flips, a small rotation, colour, blur and sensor noise.
 
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402

@@ -1,37 +1,25 @@
-"""Built-in demo dataset: cluttered scenes of coloured shapes, annotated as a VIA 2.x CSV export.
+"""Drawing the demo's scenes: cluttered scenes of coloured shapes and their VIA regions.
 
 Each scene is a smooth, low-saturation background with grey/brown clutter, and 5-10 objects
 drawn on top: a shape (the `name` head) in a colour family (the `type` head), rotated,
 shaded, sometimes outlined, partly overlapping and sometimes cut by the border. Regions are
 annotated as a person would in VIA (mostly `rect`, some `polygon`, `ellipse`, `circle`),
-tight around the object with +-2 px of jitter, and written byte for byte as VIA 2.x writes
-its CSV (`pack_via_metadata("csv")` in via.js). The same seed gives the same bytes.
-
-    from cropclf.demo import make_demo_dataset
-    csv_path = make_demo_dataset("data/demo")  # data/demo/annotations.csv + data/demo/images/
+tight around the object with +-2 px of jitter (`demo.dataset` writes them as VIA 2.x does).
+The same RNG gives the same bytes.
 """
 
 from __future__ import annotations
 
 import colorsys
-import json
 import math
-import os
-import pathlib
-import shutil
-import sys
 
 import cv2
 import numpy as np
 
-from cropclf.errors import ConfigError
-
 DEMO_NAMES = ("circle", "square", "triangle", "star", "cross")
 DEMO_TYPES = ("red", "green", "blue", "yellow")
 
-_VERSION = 1  # bump when the drawing changes, so that old demo folders are regenerated
-_HEADER = ("filename,file_size,file_attributes,region_count,region_id,"
-           "region_shape_attributes,region_attributes")  # VIA 2.x: no leading "#"
+VERSION = 1  # bump when the drawing changes, so that old demo folders are regenerated
 _HUES = {"red": 0.0, "green": 120.0, "blue": 228.0, "yellow": 54.0}  # family centres, degrees
 _VALUE_MIN = {"red": 0.45, "green": 0.4, "blue": 0.5, "yellow": 0.75}  # dark yellow reads as brown
 _REGION_SHAPES = ("rect", "polygon", "ellipse", "circle")
@@ -255,7 +243,7 @@ def _place(rng, img, occ: _Occupancy, name: str, kind: str):
     return pts
 
 
-def _scene(rng: np.random.Generator, w: int, h: int, n_objects: int, quality: int):
+def scene(rng: np.random.Generator, w: int, h: int, n_objects: int, quality: int):
     """One JPEG scene as bytes, and its regions as (shape attributes, region attributes)."""
     img = _background(rng, w, h)
     occ, regions = _Occupancy(w, h), []
@@ -278,123 +266,3 @@ def _scene(rng: np.random.Generator, w: int, h: int, n_objects: int, quality: in
     if not ok:
         raise RuntimeError("cv2.imencode failed to encode a demo scene as JPEG")
     return buf.tobytes(), regions
-
-
-# ----------------------------------------------------------------------------- dataset
-
-def _cell(obj: dict) -> str:
-    """A JSON cell as VIA writes it: compact JSON, every `"` doubled, wrapped in quotes."""
-    return '"' + json.dumps(obj, separators=(",", ":")).replace('"', '""') + '"'
-
-
-def _is_complete(out_dir: pathlib.Path, args: dict) -> bool:
-    """Whether `out_dir` holds every file of a demo made with exactly `args`."""
-    try:
-        meta = json.loads((out_dir / "demo.json").read_text())
-    except (OSError, ValueError):
-        return False
-    images = meta.get("images")
-    return (meta.get("args") == args and (out_dir / "annotations.csv").is_file()
-            and isinstance(images, list) and len(images) == args["n_images"]
-            and all((out_dir / str(f)).is_file() for f in images))
-
-
-def _write(out_dir: pathlib.Path, args: dict, progress: bool) -> None:
-    """Generates every scene into `out_dir` (which must not exist yet)."""
-    n, (w, h), (lo, hi) = args["n_images"], args["image_size"], args["objects_per_image"]
-    (out_dir / "images").mkdir(parents=True)
-    # One child RNG per scene: scene i is the same whatever `n_images` is.
-    rngs = np.random.default_rng(args["seed"]).spawn(n)
-    lines, images = [_HEADER], []
-    for i, rng in enumerate(rngs):
-        n_objects = int(rng.integers(lo, hi + 1))
-        data, regions = _scene(rng, w, h, n_objects, quality=int(rng.integers(86, 94)))
-        fname = f"images/scene_{i:04d}.jpg"
-        (out_dir / fname).write_bytes(data)
-        images.append(fname)
-        head = f'{fname},{len(data)},"{{}}"'  # filename and size raw, file attributes empty
-        if not regions:  # VIA still writes one row for an image without regions
-            lines.append(f'{head},0,0,"{{}}","{{}}"')
-        for k, (shape, attrs) in enumerate(regions):
-            lines.append(f"{head},{len(regions)},{k},{_cell(shape)},{_cell(attrs)}")
-        if progress and (i + 1) * 10 // n > i * 10 // n:
-            print(f"demo: {i + 1}/{n} images", file=sys.stderr, flush=True)
-    (out_dir / "annotations.csv").write_bytes("\n".join(lines).encode("utf-8"))  # no final newline
-    (out_dir / "demo.json").write_text(json.dumps({"args": args, "images": images}))
-
-
-def make_demo_dataset(
-    out_dir: str | os.PathLike,
-    n_images: int = 240,
-    image_size: tuple[int, int] = (1280, 720),
-    objects_per_image: tuple[int, int] = (5, 10),
-    seed: int = 0,
-    progress: bool = True,
-) -> pathlib.Path:
-    """Writes the demo dataset (JPEG scenes + a VIA 2.x CSV) and returns the CSV's path.
-
-    The folder is built beside `out_dir` and renamed into place, so it is either complete or
-    absent. When `out_dir` already holds a dataset made with the same arguments (recorded in
-    `out_dir/demo.json`), it is reused as is; a demo made otherwise is replaced.
-
-    Args:
-        out_dir: folder to write `images/scene_0000.jpg ...`, `annotations.csv` and `demo.json`.
-        n_images: number of scenes.
-        image_size: `(width, height)` of each scene in pixels.
-        objects_per_image: `(low, high)`, inclusive range of objects tried per scene; a few
-            may not fit and are left out.
-        seed: seed of the owned RNG; the same seed gives byte-identical files.
-        progress: print a progress line to stderr every 10%.
-
-    Returns:
-        The path of `out_dir/annotations.csv`.
-
-    Raises:
-        ConfigError: an argument is out of range, or `out_dir` holds files that are not a demo.
-    """
-    if len(image_size) != 2 or len(objects_per_image) != 2:
-        raise ConfigError(
-            "`image_size` and `objects_per_image` must be pairs. "
-            f"Received: image_size={image_size}, objects_per_image={objects_per_image}"
-        )
-    (w, h), (lo, hi) = image_size, objects_per_image
-    if n_images < 1:
-        raise ConfigError(f"`n_images` must be >= 1. Received: n_images={n_images}")
-    if w < 64 or h < 64:
-        raise ConfigError(
-            f"`image_size` must be (width, height), each >= 64. Received: image_size={image_size}"
-        )
-    if not 0 <= lo <= hi:
-        raise ConfigError(
-            "`objects_per_image` must be (low, high) with 0 <= low <= high. "
-            f"Received: objects_per_image={objects_per_image}"
-        )
-    out_dir = pathlib.Path(out_dir)
-    args = {"version": _VERSION, "n_images": int(n_images), "image_size": [int(w), int(h)],
-            "objects_per_image": [int(lo), int(hi)], "seed": int(seed)}
-    if _is_complete(out_dir, args):
-        return out_dir / "annotations.csv"
-    if out_dir.exists() and not (out_dir / "demo.json").is_file() and (
-        not out_dir.is_dir() or any(out_dir.iterdir())
-    ):
-        raise ConfigError(
-            "`out_dir` holds files but no demo.json, so it is not a demo dataset and will not "
-            f"be replaced. Received: out_dir={out_dir}"
-        )
-
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write(tmp, args, progress)
-        if out_dir.exists():
-            out_dir.rename(old)
-        try:
-            tmp.rename(out_dir)
-        except OSError:
-            if not _is_complete(out_dir, args):  # another process may have just made the same
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return out_dir / "annotations.csv"

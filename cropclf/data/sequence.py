@@ -16,23 +16,21 @@ from __future__ import annotations
 import copy
 import math
 import multiprocessing
-import os
 import threading
 from concurrent.futures import CancelledError, ProcessPoolExecutor, ThreadPoolExecutor
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cropclf.augment import build_augmentation  # noqa: E402
+from cropclf.data.augment import build_augmentation  # noqa: E402
 from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
-from cropclf.crops import fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
+from cropclf.data.crops import Problem, fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
-from cropclf.labels import LabelMap, encode_heads, output_keys  # noqa: E402
-from cropclf.patches import PatchStore, Problem, default_threads  # noqa: E402
+from cropclf.data.labels import LabelMap, encode_heads, output_keys  # noqa: E402
+from cropclf.data.patches import PatchStore, default_threads  # noqa: E402
 
 
 class CropSequence(keras.utils.PyDataset):
@@ -107,7 +105,7 @@ class CropSequence(keras.utils.PyDataset):
         for k in np.flatnonzero(croppable & ~labelled):
             missing = [h for h in self.heads if labels[h][k] < 0]
             self.skipped.append(Problem(str(frame["path"].iloc[k]), str(frame["row"].iloc[k]),
-                                        f"unlabelled for head(s) {missing}", frame.index[k]))
+                                        f"unlabelled for head(s) {missing}", "unlabelled", frame.index[k]))
         use = croppable & labelled
         self.index = frame.index[use]
         self.slots = np.array([store.slot[label] for label in self.index], np.int64)
@@ -209,7 +207,7 @@ class CropSequence(keras.utils.PyDataset):
         oh, ow = self.crop.image_size
         window = jitter_window(self.store.margin_boxes[s], rng, self.jitter.shift, self.jitter.scale)
         th, tw = fit_size((window[3], window[2]), (oh, ow), self.crop.resize)
-        M = output_to_source(self.store.to_patch(s, window), (th, tw), "stretch")
+        M = output_to_source(self.store.to_patch(s, window), (th, tw))
         # the patch reaches as far as the jitter can (PatchStore's reach): the border mode only fills
         # the half pixel an enlarging warp samples beyond the window's edge, as resize does
         crop = cv2.warpAffine(self.store.patch(s), M, (tw, th), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,

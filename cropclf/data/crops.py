@@ -8,8 +8,59 @@ TensorFlow and the tests hold the two together.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+
+# A box over this many times as wide or tall as its image is mostly padding, and cutting it out could
+# take gigabytes; it is far more likely another image's coordinates or a unit mix-up.
+MAX_BOX_SCALE = 10
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A region (or an image, or the whole file) left out or worth a look: where it is and why.
+
+    The one record for every region training, evaluation, prediction or inspection leaves out.
+    """
+
+    file: str  # the image's path (training, prediction) or file name as annotated (inspection)
+    row: str  # "row 7" (CSV), "image 'a.jpg' region 2" (JSON), "" (the whole file)
+    reason: str
+    kind: str = ""  # why_not_croppable's kinds, or inspection's (`inspection.KINDS`)
+    label: object = None  # the region's index label in its frame
+
+    def __str__(self) -> str:
+        return f"{self.file} ({self.row}): {self.reason}" if self.row else f"{self.file}: {self.reason}"
+
+
+def why_not_croppable(box, image_hw, min_size: float) -> tuple[str, str] | None:
+    """Why a VIA box ``(x, y, w, h)`` cannot be cropped from an ``image_hw`` image, or None when it can.
+
+    The one rule by which training (`PatchStore`), prediction and inspection leave regions out.
+    Returns ``(kind, reason)``; kinds, checked in this order: ``non_finite``, ``zero_area`` and
+    ``too_small`` (narrower or lower than ``min_size`` px), ``outside_image`` (no pixel inside),
+    ``oversized`` (over `MAX_BOX_SCALE` times the image's width or height). ``image_hw`` None (the
+    image is unknown) checks only the box itself.
+    """
+    x, y, w, h = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "non_finite", f"non-finite box {(x, y, w, h)}"
+    if w < min_size or h < min_size:
+        kind, what = ("zero_area", "point or line") if w == 0 or h == 0 else ("too_small", "too thin")
+        return kind, f"box {w:g}x{h:g} px is smaller than min_size={min_size:g} ({what})"
+    if image_hw is None:
+        return None
+    height, width = image_hw
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return "outside_image", f"box ({x:g}, {y:g}, {w:g}, {h:g}) lies wholly outside the {width}x{height} image"
+    if w > MAX_BOX_SCALE * width or h > MAX_BOX_SCALE * height:
+        return "oversized", (f"box ({x:g}, {y:g}, {w:g}, {h:g}) is over {MAX_BOX_SCALE:g} times as wide or tall "
+                             f"as the {width}x{height} image; check the coordinates (another image's, or a unit "
+                             "mix-up?)")
+    return None
 
 
 def expand_box(box, margin: float) -> np.ndarray:
@@ -21,10 +72,8 @@ def expand_box(box, margin: float) -> np.ndarray:
 
 def integer_window(box) -> tuple[int, int, int, int]:
     """Returns the whole-pixel window ``(x0, y0, x1, y1)`` covering a box, at least 1x1."""
-    x, y, w, h = (float(v) for v in box)
-    x0, y0 = int(np.floor(x)), int(np.floor(y))
-    x1, y1 = max(int(np.ceil(x + w)), x0 + 1), max(int(np.ceil(y + h)), y0 + 1)
-    return x0, y0, x1, y1
+    x0, y0, x1, y1 = integer_windows(box)[0]
+    return int(x0), int(y0), int(x1), int(y1)
 
 
 def integer_windows(boxes) -> np.ndarray:
@@ -91,24 +140,30 @@ def resize(image: np.ndarray, out_hw) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
-def output_to_source(window, out_hw, mode: str) -> np.ndarray:
+def output_to_source(window, out_hw) -> np.ndarray:
     """The 2x3 affine matrix taking output pixel indices to source pixel indices.
 
     ``window`` is ``(x, y, w, h)`` in source pixel units (floats allowed); its corners map to the
-    output's corners (stretch) or to a centred, aspect-preserving rectangle (letterbox). Use with
+    output's corners (letterboxing is done after, by `letterbox`, on the resized crop). Use with
     ``cv2.warpAffine(..., flags=... | cv2.WARP_INVERSE_MAP)``.
     """
     x, y, w, h = (float(v) for v in window)
     oh, ow = out_hw
     sx, sy = w / ow, h / oh
-    off_x = off_y = 0.0
-    if mode == "letterbox":
-        s = max(sx, sy)
-        off_x, off_y = (ow - w / s) / 2, (oh - h / s) / 2
-        sx = sy = s
-    # output pixel centre (j + 0.5) -> source x + (j + 0.5 - off) * sx -> source index minus 0.5
-    return np.array([[sx, 0.0, x + (0.5 - off_x) * sx - 0.5],
-                     [0.0, sy, y + (0.5 - off_y) * sy - 0.5]], dtype=np.float64)
+    # output pixel centre (j + 0.5) -> source x + (j + 0.5) * sx -> source index minus 0.5
+    return np.array([[sx, 0.0, x + 0.5 * sx - 0.5],
+                     [0.0, sy, y + 0.5 * sy - 0.5]], dtype=np.float64)
+
+
+def box_in_crop(box, out_hw, margin: float, mode: str = "stretch") -> tuple[float, float, float, float]:
+    """Where the annotated ``box`` lands in its `canonical_crop`: ``(x0, y0, x1, y1)`` in output pixels
+    (continuous: pixel ``j`` spans ``[j, j + 1)``), for drawing the box on the crop."""
+    x0, y0, x1, y1 = integer_window(expand_box(box, margin))
+    h, w = fit_size((y1 - y0, x1 - x0), out_hw, mode)
+    top, left = (out_hw[0] - h) // 2, (out_hw[1] - w) // 2  # as `letterbox` centres the resized window
+    sx, sy = w / (x1 - x0), h / (y1 - y0)
+    x, y, bw, bh = (float(v) for v in box)
+    return left + (x - x0) * sx, top + (y - y0) * sy, left + (x + bw - x0) * sx, top + (y + bh - y0) * sy
 
 
 def jitter_window(window, rng: np.random.Generator, shift: float, scale: float) -> np.ndarray:
