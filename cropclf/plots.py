@@ -25,6 +25,8 @@ def learning_curves(history: dict, heads: dict[str, str], path) -> None:
             ax = axes[row, col]
             for prefix, style in (("", "-"), ("val_", "--")):
                 column = f"{prefix}{key}_{metric}"
+                if column not in history and len(heads) == 1:
+                    column = f"{prefix}{metric}"  # Keras leaves a one-output model's metrics unprefixed
                 if column in history:
                     ax.plot(epochs, history[column], style, marker="o", ms=3, label="validation" if prefix else "train")
             ax.set_title(f"{head}: {metric}")
