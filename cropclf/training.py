@@ -400,7 +400,7 @@ def _check_images(cfg: Config, data: Prepared, log) -> None:
     if bad and not cfg.data.skip_bad_images:
         rows: dict[str, list[str]] = {}
         for p in data.problems:
-            rows.setdefault(p.path, []).append(p.row)
+            rows.setdefault(p.file, []).append(p.row)
         lines = [f"{message} (annotations {', '.join(rows.get(path, [])[:5]) or 'n/a'})"
                  for path, message in list(bad.items())[:20]]
         more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
