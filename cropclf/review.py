@@ -9,9 +9,11 @@ every labelled region gets out-of-sample probabilities by k-fold cross-validatio
 model never scores a region it trained on); per head, class j's threshold t_j is the mean
 probability of j over the regions labelled j; a region's confident label is the most probable class
 among those whose probability reaches their threshold; a region whose confident label is not its
-given label is a suspect. Suspects are ranked by self-confidence, the probability of the given
-label, lowest first. Keras is imported only by the cross-validation, so `least_sure_sheet` serves
-from the SavedModel alone.
+given label is counted in a confident joint; calibrated, it estimates how many regions given each
+label are really each other class, and that many regions with the largest margin towards that class
+are suspects (pruning by noise rate, the paper's best rule). Suspects are ranked by self-confidence,
+the probability of the given label, lowest first. Keras is imported only by the cross-validation,
+so `least_sure_sheet` serves from the SavedModel alone.
 """
 
 from __future__ import annotations
@@ -63,16 +65,17 @@ def least_sure_sheet(frame: pd.DataFrame, predictions: pd.DataFrame, heads, prep
 
 # --- confident learning --------------------------------------------------------------------------
 
-def confident_learning(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Confident learning's suspects for one head.
+def confident_joint(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confident learning's count of (given label, confident label) pairs for one head.
 
-    Args:
-        probs: ``[n, k]`` out-of-sample probabilities.
-        given: ``[n]`` the given class ids.
+    Class j's threshold t_j is the mean probability of j over the regions labelled j; a region's
+    confident label is its most probable class among those reaching their threshold (-1 where none
+    does). The counts are calibrated as the paper does: each row scaled to the number of regions given
+    that label, rounded keeping the row totals.
 
     Returns:
-        ``(suspect, confident, self_confidence)``: whether each region is a suspect, its confident
-        label (-1 where no class reaches its threshold) and the probability of its given label.
+        ``(joint, confident)``: the ``[k, k]`` calibrated counts (rows: given, columns: confident) and
+        each region's confident label.
     """
     probs, given = np.asarray(probs, np.float64), np.asarray(given, np.int64)
     n, k = probs.shape
@@ -80,10 +83,55 @@ def confident_learning(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray
     for j in range(k):
         if (given == j).any():
             thresholds[j] = probs[given == j, j].mean()
-    above = probs >= thresholds
+    above = probs >= thresholds - 1e-6  # the mean itself reaches the threshold despite rounding
     confident = np.where(above.any(axis=1), np.where(above, probs, -1.0).argmax(axis=1), -1)
-    self_confidence = probs[np.arange(n), given]
-    return (confident >= 0) & (confident != given), confident, self_confidence
+    counted = confident >= 0
+    joint = np.zeros((k, k))
+    np.add.at(joint, (given[counted], confident[counted]), 1)
+    labelled = np.bincount(given, minlength=k)
+    joint[np.diag_indices(k)] = np.maximum(joint.diagonal(), labelled > 0)  # a labelled class keeps one region
+    rows = joint.sum(axis=1, keepdims=True)
+    return _round_rows(joint / np.maximum(rows, 1e-12) * labelled[:, None]), confident
+
+
+def _round_rows(counts: np.ndarray) -> np.ndarray:
+    """Rounds each row to integers keeping its (rounded) total: largest remainders get the extra ones."""
+    floor = np.floor(counts)
+    for i, row in enumerate(counts):
+        missing = int(round(row.sum() - floor[i].sum()))
+        floor[i, np.argsort(floor[i] - row, kind="stable")[:missing]] += 1
+    return floor.astype(np.int64)
+
+
+def confident_learning(probs: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Confident learning's suspects for one head, pruned by noise rate (the paper's Cl:PBNR).
+
+    The calibrated confident joint estimates, for each given label i and class j != i, how many
+    regions labelled i are really j; among the regions labelled i, that many with the largest margin
+    p_j - p_i are suspects. A region whose most probable class is its given label is never a suspect.
+
+    Args:
+        probs: ``[n, k]`` out-of-sample probabilities.
+        given: ``[n]`` the given class ids.
+
+    Returns:
+        ``(suspect, suggested, self_confidence)``: whether each region is a suspect, the class it looks
+        like most apart from its given one, and the probability of its given label.
+    """
+    probs, given = np.asarray(probs, np.float64), np.asarray(given, np.int64)
+    n, k = probs.shape
+    joint, _ = confident_joint(probs, given)
+    suspect = np.zeros(n, bool)
+    for i in range(k):
+        members = np.flatnonzero(given == i)
+        for j in range(k):
+            count = min(int(joint[i, j]), len(members) - 1)  # never all of a class
+            if j != i and count > 0:
+                margin = probs[members, j] - probs[members, i]
+                suspect[members[np.argsort(-margin, kind="stable")[:count]]] = True
+    suspect &= probs.argmax(axis=1) != given
+    others = np.where(np.eye(k, dtype=bool)[given], -1.0, probs)
+    return suspect, others.argmax(axis=1), probs[np.arange(n), given]
 
 
 def top_n_hits(ranked, truth: set, n: int) -> dict:
@@ -97,13 +145,13 @@ def top_n_hits(ranked, truth: set, n: int) -> dict:
 # --- a run's labelled regions, scored out of sample ----------------------------------------------
 
 def review_run(run_dir, folds: int = 5, out_dir=None, simulate_noise: float | None = None, noise_seed: int = 0,
-               baseline: bool = True, log=print, verbose: int | None = None) -> dict:
+               baseline: bool = True, epochs: int | None = None, log=print, verbose: int | None = None) -> dict:
     """Finds the labelled regions of a run's data whose label the model finds unlikely.
 
-    Trains ``folds`` models with the run's config (its epochs included), each on all images but
+    Trains ``folds`` models with the run's config (its epochs, unless ``epochs`` is given), each on all images but
     one fold's, and scores the held-out fold: out-of-sample probabilities for every region labelled
     for every head. Writes to ``out_dir`` (default ``RUN/review``): ``label_issues.csv`` (ranked,
-    lowest self-confidence first), ``suspects.png`` (the top suspects, given -> suggested) and the
+    lowest self-confidence first), ``out_of_sample.csv`` (every region's probabilities), ``suspects.png`` (the top suspects, given -> suggested) and the
     annotation file again, in its own format, with a ``review`` region attribute on each suspect and
     the images holding suspects first.
 
@@ -120,6 +168,10 @@ def review_run(run_dir, folds: int = 5, out_dir=None, simulate_noise: float | No
 
     run = Run(run_dir)
     run_dir, cfg = run.dir, run.config
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise CropclfError(f"--epochs must be a whole number >= 1. Received: {epochs!r}")
+        cfg = cfg.replace(**{"train.epochs": epochs})
     if folds < 2:
         raise CropclfError(f"--folds must be >= 2 (each region is scored by a model that never saw it). "
                            f"Received: {folds}")
@@ -150,6 +202,8 @@ def review_run(run_dir, folds: int = 5, out_dir=None, simulate_noise: float | No
                 probs[h][held] = p[h]
         issues = _issues(frame, used, heads, maps, probs, given, flipped)
         artifacts.write_text(out_dir / "label_issues.csv", issues.to_csv(index=False, lineterminator="\n"))
+        artifacts.write_text(out_dir / "out_of_sample.csv", _probability_table(frame, used, heads, maps, probs, given)
+                             .to_csv(index=False, lineterminator="\n"))
         _suspect_sheet(frame, maps, data.store, cfg, issues, out_dir / "suspects.png")
         result = {"run": str(run_dir), "folds": folds, "regions": len(used), "suspects": len(issues),
                   "per_head": {h: int((issues["head"] == h).sum()) for h in heads}}
@@ -194,7 +248,8 @@ def flip_labels(frame: pd.DataFrame, index, heads, fraction: float, seed: int = 
 def measure(used, heads, probs: dict, in_sample: dict | None, given: dict, flipped: dict,
             issues: pd.DataFrame) -> dict:
     """Per head, precision and recall of the flipped regions among the top-N (N: the number flipped)
-    of: confident learning's suspects; all regions by out-of-sample self-confidence; and (baseline)
+    of: confident learning's suspects (pruned by noise rate); the simpler rule of flagging every
+    region whose confident label is another class (the confident joint's off-diagonal); all regions by out-of-sample self-confidence; and (baseline)
     all regions by an in-sample model's probability of the given label."""
     out = {}
     used = np.asarray(used)
@@ -203,7 +258,10 @@ def measure(used, heads, probs: dict, in_sample: dict | None, given: dict, flipp
         ranked = issues.loc[issues["head"] == h, "index"].tolist()
         rows = np.arange(len(used))
         oos = probs[h][rows, given[h]]
+        _, confident = confident_joint(probs[h], given[h])
+        off = np.flatnonzero((confident >= 0) & (confident != given[h]))
         out[h] = {"flipped": n, "confident_learning": top_n_hits(ranked, truth, n),
+                  "off_diagonal": top_n_hits(used[off[np.argsort(oos[off], kind="stable")]], truth, n),
                   "out_of_sample_rank": top_n_hits(used[np.argsort(oos, kind="stable")], truth, n)}
         if in_sample is not None:
             ins = in_sample[h][rows, given[h]]
@@ -214,6 +272,7 @@ def measure(used, heads, probs: dict, in_sample: dict | None, given: dict, flipp
 def format_measurement(m: dict) -> str:
     lines = [f"{'head':<10}{'flipped':>8}  {'ranking':<40}{'listed':>7}{'precision':>10}{'recall':>8}"]
     names = {"confident_learning": "confident learning (out of sample)",
+             "off_diagonal": "confident label != given (out of sample)",
              "out_of_sample_rank": "out-of-sample p(given), lowest first",
              "in_sample_baseline": "baseline: in-sample p(given)"}
     for h, r in m.items():
@@ -290,6 +349,18 @@ def _issues(frame, used, heads, maps, probs, given, flipped) -> pd.DataFrame:
     columns = ["file", "row", "region_id", "head", "given", "suggested", "score", "suggested_score", "index"]
     issues = pd.DataFrame(rows, columns=columns + (["flipped"] if flipped else []))
     return issues.sort_values(["score", "head"], kind="stable").reset_index(drop=True)
+
+
+def _probability_table(frame, used, heads, maps, probs, given) -> pd.DataFrame:
+    """One row per reviewed region: where it is, its given label per head and every out-of-sample
+    probability (``<head>:<class>``), so another ranking can be tried without training again."""
+    table = pd.DataFrame({"file": frame.loc[used, "filename"].to_numpy(), "row": frame.loc[used, "row"].to_numpy(),
+                          "region_id": frame.loc[used, "region_id"].to_numpy(), "index": np.asarray(used)})
+    for h in heads:
+        table[h] = [maps[h].classes[g] for g in given[h]]
+        for j, name in enumerate(maps[h].classes):
+            table[f"{h}:{name}"] = np.round(probs[h][:, j].astype(np.float64), 6)
+    return table
 
 
 def _suspect_sheet(frame, maps, store, cfg, issues, path, count: int = SHEET_COUNT) -> None:

@@ -12,32 +12,57 @@ import pytest
 from conftest import REPO, small_config
 
 from cropclf import read_annotations
-from cropclf.review import _folds, confident_learning, flip_labels, top_n_hits
+from cropclf.review import _folds, _round_rows, confident_joint, confident_learning, flip_labels, top_n_hits
 
 
-def test_confident_learning_uses_per_class_thresholds():
+def test_confident_joint_uses_per_class_thresholds_and_calibrates_rows():
     # thresholds: class 0 = mean(0.9, 0.8, 0.2) = 0.633; class 1 = mean(0.6, 0.5) = 0.55; class 2 = 0.3
     probs = np.array([[0.9, 0.05, 0.05],  # labelled 0, sure of 0
                       [0.8, 0.1, 0.1],    # labelled 0
-                      [0.2, 0.7, 0.1],    # labelled 0, but 1 reaches its threshold: a suspect
+                      [0.2, 0.7, 0.1],    # labelled 0, but 1 reaches its threshold
                       [0.3, 0.6, 0.1],    # labelled 1
-                      [0.45, 0.5, 0.05],  # labelled 1: nothing else reaches its threshold
+                      [0.45, 0.5, 0.05],  # labelled 1: nothing reaches its threshold (not counted)
                       [0.3, 0.4, 0.3]])   # labelled 2: 2 reaches 0.3, the most probable confident class
     given = np.array([0, 0, 0, 1, 1, 2])
-    suspect, confident, self_conf = confident_learning(probs, given)
-    assert suspect.tolist() == [False, False, True, False, False, False]
+    joint, confident = confident_joint(probs, given)
     assert confident.tolist() == [0, 0, 1, 1, -1, 2]  # -1: no class reaches its threshold
-    np.testing.assert_allclose(self_conf, [0.9, 0.8, 0.2, 0.6, 0.5, 0.3])
+    # row 1 counted one region (1 -> 1) but two are labelled 1: calibration scales the row to 2
+    assert joint.tolist() == [[2, 1, 0], [0, 2, 0], [0, 0, 1]]
 
 
-def test_confident_learning_beats_argmax_where_a_class_is_always_underconfident():
-    # the model never gives class 1 more than ~0.45, yet those regions are its; argmax would flag them
-    probs = np.array([[0.55, 0.45], [0.6, 0.4], [0.56, 0.44], [0.9, 0.1], [0.95, 0.05], [0.5, 0.5]])
+@pytest.mark.parametrize("row, total", [([0.5, 0.5, 1.0], 2), ([2.6, 0.2, 0.2], 3), ([1 / 3] * 3, 1), ([0, 0, 0], 0)])
+def test_round_rows_keeps_each_rows_total(row, total):
+    got = _round_rows(np.array([row]))
+    assert got.sum() == total and np.all(np.abs(got - row) < 1)
+
+
+def test_confident_learning_prunes_as_many_as_the_joint_estimates_largest_margin_first():
+    rng = np.random.default_rng(0)
+    given = np.repeat([0, 1], 50)
+    probs = np.zeros((100, 2))
+    probs[:, 0] = np.where(given == 0, rng.uniform(0.8, 0.95, 100), rng.uniform(0.05, 0.2, 100))
+    wrong = [3, 7, 60]  # labelled wrongly: the model is sure of the other class
+    probs[wrong, 0] = [0.02, 0.1, 0.97]
+    probs[11, 0] = 0.2  # labelled 0, p(1) 0.8: below class 1's threshold (~0.87), so not counted
+    probs[:, 1] = 1 - probs[:, 0]
+    joint, _ = confident_joint(probs, given)
+    # row 1: one of the ~half of 1s that reach a threshold is counted as 0; calibrated to 50 labels
+    # that is 2, but the second-largest margin's best class is its label, so it is not flagged
+    assert joint[0, 1] == 2 and joint[1, 0] == 2
+    suspect, suggested, self_conf = confident_learning(probs, given)
+    assert np.flatnonzero(suspect).tolist() == wrong  # the two largest margins among 0s; 11 is third
+    assert suggested[wrong].tolist() == [1, 1, 0]
+    np.testing.assert_allclose(self_conf, probs[np.arange(100), given])
+
+
+def test_confident_learning_never_flags_a_region_whose_best_class_is_its_label():
+    # regions labelled 1 the model thinks are 1 but only just: the joint counts none of them as 0
+    probs = np.array([[0.55, 0.45], [0.6, 0.4], [0.56, 0.44], [0.9, 0.1], [0.95, 0.05], [0.3, 0.7]])
     given = np.array([1, 1, 1, 0, 0, 0])
-    suspect, confident, _ = confident_learning(probs, given)
-    assert (probs.argmax(1) != given).sum() == 3  # argmax disagrees with every class-1 label
-    assert suspect.tolist() == [False, False, False, False, False, True]  # the 0.5/0.5 "0" is odd
-    assert confident[5] == 1
+    suspect, suggested, _ = confident_learning(probs, given)
+    assert (probs.argmax(1) != given).sum() == 4  # argmax disagrees with every class-1 label and the last
+    assert suspect.tolist() == [False, False, False, False, False, True]  # only the 0.3/0.7 "0" is odd
+    assert suggested[5] == 1
 
 
 @pytest.mark.parametrize("ranked, truth, n, precision, recall", [
@@ -76,7 +101,8 @@ def test_folds_keep_each_image_in_one_fold_and_refuse_too_few_images():
 def oracle(truth: pd.DataFrame, calls: list):
     """A stand-in for training: knows the true labels, and records what it trained on and scored."""
     def fit_predict(cfg, maps, store, train_frame, score_frame, seed, verbose):
-        calls.append((set(train_frame["path"]), set(score_frame["path"]), list(score_frame.index)))
+        calls.append((set(train_frame["path"]), set(score_frame["path"]), list(score_frame.index),
+                      cfg.train.epochs))
         out = {}
         for h, m in maps.items():
             ids = m.encode(truth.loc[score_frame.index, h].tolist())
@@ -107,11 +133,12 @@ def test_review_finds_wrong_labels_and_marks_them_in_the_via_file(demo_small, tm
     calls = []
     monkeypatch.setattr(review, "_fit_predict", oracle(truth, calls))
     run = write_run(tmp_path, noisy, **{"data.images": str(demo_small.parent)})
-    result = review.review_run(run, folds=3, log=lambda *a: None)
+    result = review.review_run(run, folds=3, epochs=7, log=lambda *a: None)
 
     assert len(calls) == 3  # one model per fold, scoring images it never trained on
-    assert all(not (trained & scored) for trained, scored, _ in calls)
-    scored = sorted(i for _, _, index in calls for i in index)
+    assert all(not (trained & scored) for trained, scored, _, _ in calls)
+    assert {epochs for *_, epochs in calls} == {7}
+    scored = sorted(i for _, _, index, _ in calls for i in index)
     assert scored == sorted(set(scored)) and len(scored) == result["regions"]
 
     out = tmp_path / "run" / "review"
@@ -121,6 +148,12 @@ def test_review_finds_wrong_labels_and_marks_them_in_the_via_file(demo_small, tm
     for r in issues.itertuples():
         assert r.given == wrong[r.index][1] and r.suggested == truth.at[r.index, r.head]
     assert (out / "suspects.png").stat().st_size > 0
+    table = pd.read_csv(out / "out_of_sample.csv", keep_default_na=False).set_index("index")
+    assert len(table) == result["regions"] and table.loc[3, "name"] == wrong[3][1]
+    for head in ("name", "type"):
+        p = table[[c for c in table.columns if c.startswith(f"{head}:")]]
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+        assert (p.idxmax(axis=1).str.split(":").str[1] == truth.loc[p.index, head]).all()  # the oracle's
 
     marked = read_annotations(out / "noisy_review.csv")
     assert marked.attrs["format"] == truth.attrs["format"]
@@ -146,9 +179,17 @@ def test_simulated_noise_is_measured_against_the_flips(demo_small, tmp_path, mon
                           log=lambda *a: None)["measurement"]
     for head in ("name", "type"):  # an oracle finds every flip, and so does its in-sample baseline
         assert m[head]["flipped"] == round(0.1 * len(truth))
-        for ranking in ("confident_learning", "in_sample_baseline"):
+        for ranking in ("confident_learning", "off_diagonal", "in_sample_baseline"):
             assert (m[head][ranking]["precision"], m[head][ranking]["recall"]) == (1.0, 1.0)
     assert (tmp_path / "run" / "review_simulated" / "measurement.json").is_file()
+
+
+@pytest.mark.parametrize("epochs", [0, -3, 2.5, True])
+def test_review_refuses_bad_epochs(tmp_path, demo_small, epochs):
+    import cropclf.review as review
+
+    with pytest.raises(review.CropclfError, match=f"--epochs must be a whole number >= 1. Received: {epochs!r}"):
+        review.review_run(write_run(tmp_path, demo_small), folds=3, epochs=epochs, log=lambda *a: None)
 
 
 def test_review_script_bad_run_is_one_error_line(tmp_path):

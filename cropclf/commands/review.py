@@ -7,7 +7,7 @@
 Trains --folds models with the run's config (its data, heads and epochs), each scoring the images it
 never saw, then lists the regions whose given label those out-of-sample probabilities make unlikely
 (confident learning, Northcutt et al., JAIR 2021): RUN/review/label_issues.csv (least likely first),
-suspects.png (given -> suggested) and the annotation file again, in its own format, with a `review`
+out_of_sample.csv (every region's probabilities), suspects.png (given -> suggested) and the annotation file again, in its own format, with a `review`
 region attribute on each suspect (images holding suspects first), to filter and fix in VIA.
 --simulate-noise F flips a fraction F of each head's labels (seeded) and reports the precision and
 recall of the flipped regions among the top N suspects (N: the number flipped), next to ranking by
@@ -23,6 +23,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run directory of scripts/train.py (its config.json is used)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds over images (default 5)")
+    p.add_argument("--epochs", type=int, help="epochs per fold model (default: the run's train.epochs)")
     p.add_argument("--out", help="output folder (default RUN/review, or RUN/review_simulated)")
     p.add_argument("--simulate-noise", type=float, metavar="FRACTION",
                    help="flip this fraction of each head's labels first and measure what is found")
@@ -35,5 +36,5 @@ def main(argv=None):
     from cropclf.review import review_run
 
     review_run(args.run, folds=args.folds, out_dir=args.out, simulate_noise=args.simulate_noise,
-               noise_seed=args.noise_seed, baseline=not args.no_baseline)
+               noise_seed=args.noise_seed, baseline=not args.no_baseline, epochs=args.epochs)
 
