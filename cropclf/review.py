@@ -147,12 +147,12 @@ def top_n_hits(ranked, truth: set, n: int) -> dict:
 def review_run(run_dir, folds: int = 5, out_dir=None, simulate_noise: float | None = None, noise_seed: int = 0,
                baseline: bool = True, epochs: int | None = None, log=print, verbose: int | None = None) -> dict:
     """Finds the labelled regions of a run's data whose label the model finds unlikely.
-
-    Trains ``folds`` models with the run's config (its epochs, unless ``epochs`` is given), each on all images but
-    one fold's, and scores the held-out fold: out-of-sample probabilities for every region labelled
-    for every head. Writes to ``out_dir`` (default ``RUN/review``): ``label_issues.csv`` (ranked,
-    lowest self-confidence first), ``out_of_sample.csv`` (every region's probabilities), ``suspects.png`` (the top suspects, given -> suggested) and the
-    annotation file again, in its own format, with a ``review`` region attribute on each suspect and
+ Trains ``folds`` models with the run's config (its epochs, unless ``epochs`` is given), each on all
+images but one fold's, and scores the held-out fold: out-of-sample probabilities for every region
+labelled for every head. Writes to ``out_dir`` (default ``RUN/review``): ``label_issues.csv``
+(ranked, lowest self-confidence first), ``out_of_sample.csv`` (every region's probabilities),
+``suspects.png`` (the top suspects, given -> suggested) and the annotation file again, in its own
+format, with a ``review`` region attribute on each suspect and
     the images holding suspects first.
 
     With ``simulate_noise`` (a fraction), first flips that fraction of each head's labels (seeded by
@@ -249,8 +249,9 @@ def measure(used, heads, probs: dict, in_sample: dict | None, given: dict, flipp
             issues: pd.DataFrame) -> dict:
     """Per head, precision and recall of the flipped regions among the top-N (N: the number flipped)
     of: confident learning's suspects (pruned by noise rate); the simpler rule of flagging every
-    region whose confident label is another class (the confident joint's off-diagonal); all regions by out-of-sample self-confidence; and (baseline)
-    all regions by an in-sample model's probability of the given label."""
+    region whose confident label is another class (the confident joint's off-diagonal); all regions
+    by out-of-sample self-confidence; and (baseline) all regions by an in-sample model's probability
+    of the given label."""
     out = {}
     used = np.asarray(used)
     for h in heads:

@@ -7,11 +7,12 @@
 Trains --folds models with the run's config (its data, heads and epochs), each scoring the images it
 never saw, then lists the regions whose given label those out-of-sample probabilities make unlikely
 (confident learning, Northcutt et al., JAIR 2021): RUN/review/label_issues.csv (least likely first),
-out_of_sample.csv (every region's probabilities), suspects.png (given -> suggested) and the annotation file again, in its own format, with a `review`
-region attribute on each suspect (images holding suspects first), to filter and fix in VIA.
---simulate-noise F flips a fraction F of each head's labels (seeded) and reports the precision and
-recall of the flipped regions among the top N suspects (N: the number flipped), next to ranking by
-an in-sample model's probability; results in RUN/review_simulated/.
+out_of_sample.csv (every region's probabilities), suspects.png (given -> suggested) and the
+annotation file again, in its own format, with a `review` region attribute on each suspect (images
+holding suspects first), to filter and fix in VIA. --simulate-noise F flips a fraction F of each
+head's labels (seeded) and reports the precision and recall of the flipped regions among the top N
+suspects (N: the number flipped), next to ranking by an in-sample model's probability; results in
+RUN/review_simulated/.
 """
 
 import argparse
