@@ -147,12 +147,13 @@ def top_n_hits(ranked, truth: set, n: int) -> dict:
 def review_run(run_dir, folds: int = 5, out_dir=None, simulate_noise: float | None = None, noise_seed: int = 0,
                baseline: bool = True, epochs: int | None = None, log=print, verbose: int | None = None) -> dict:
     """Finds the labelled regions of a run's data whose label the model finds unlikely.
- Trains ``folds`` models with the run's config (its epochs, unless ``epochs`` is given), each on all
-images but one fold's, and scores the held-out fold: out-of-sample probabilities for every region
-labelled for every head. Writes to ``out_dir`` (default ``RUN/review``): ``label_issues.csv``
-(ranked, lowest self-confidence first), ``out_of_sample.csv`` (every region's probabilities),
-``suspects.png`` (the top suspects, given -> suggested) and the annotation file again, in its own
-format, with a ``review`` region attribute on each suspect and
+
+    Trains ``folds`` models with the run's config (its epochs, unless ``epochs`` is given), each on
+    all images but one fold's, and scores the held-out fold: out-of-sample probabilities for every
+    region labelled for every head. Writes to ``out_dir`` (default ``RUN/review``):
+    ``label_issues.csv`` (ranked, lowest self-confidence first), ``out_of_sample.csv`` (every
+    region's probabilities), ``suspects.png`` (the top suspects, given -> suggested) and the
+    annotation file again, in its own format, with a ``review`` region attribute on each suspect and
     the images holding suspects first.
 
     With ``simulate_noise`` (a fraction), first flips that fraction of each head's labels (seeded by
