@@ -289,6 +289,16 @@ def stage(cfg: Config, epoch: int) -> str:
     return "frozen" if epoch < cfg.train.freeze_epochs else "finetune"
 
 
+def stage_spans(cfg: Config, first: int, end: int) -> list[tuple[int, int]]:
+    """Epochs ``[first, end)`` cut where the stage changes: one ``fit`` call each."""
+    spans, start = [], first
+    for epoch in range(first + 1, end):
+        if stage(cfg, epoch) != stage(cfg, epoch - 1):
+            spans.append((start, epoch))
+            start = epoch
+    return spans + [(start, end)] if end > start else spans
+
+
 def apply_stage(model: keras.Model, cfg: Config, name: str) -> keras.Model:
     """Sets what learns in stage ``name`` and compiles ``model`` with that stage's learning rate.
 

@@ -308,11 +308,12 @@ def _folds(paths: pd.Series, k: int, seed: int) -> np.ndarray:
 
 
 def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, verbose) -> dict:
-    """A model trained as the run was (its config and epochs, no validation split), then scoring."""
+    """A model trained as the run was (its config, epochs and fine-tuning stages; no validation
+    split, so the learning rate halves on the training loss's plateaus), then scoring."""
     import keras
 
-    from cropclf.model import build_model, compile_model
     from cropclf.data.sequence import CropSequence
+    from cropclf.model import apply_stage, build_model, stage, stage_spans
     from cropclf.training import _set_precision
 
     _set_precision(cfg)
@@ -321,12 +322,14 @@ def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, 
     train_seq = CropSequence(train_frame, maps, cfg.train.batch_size, cfg.crop, cfg.augment, seed=seed,
                              store=store, class_weights=weights, **kw)
     keras.utils.set_random_seed(seed)  # weights and dropout, as training does; data has its own RNGs
-    model = compile_model(build_model(cfg.model, cfg.crop.image_size, {h: len(m) for h, m in maps.items()}, seed),
-                          cfg.train.learning_rate)
+    model = build_model(cfg.model, cfg.crop.image_size, {h: len(m) for h, m in maps.items()}, seed)
     if verbose is None:
         verbose = 2 if os.environ.get("CROPCLF_QUIET") is not None else 1
-    model.fit(train_seq, epochs=cfg.train.epochs, shuffle=False, verbose=verbose, callbacks=[
-        keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=cfg.train.reduce_lr)])
+    for start, end in stage_spans(cfg, 0, cfg.train.epochs):
+        apply_stage(model, cfg, stage(cfg, start))  # a fresh optimizer per stage, as training does
+        train_seq.set_epoch(start)
+        model.fit(train_seq, epochs=end, initial_epoch=start, shuffle=False, verbose=verbose, callbacks=[
+            keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=cfg.train.reduce_lr)])
     score_seq = CropSequence(score_frame, maps, cfg.train.batch_size, cfg.crop, False, store=store, **kw)
     probs = model.predict(score_seq, verbose=0)
     for seq in (train_seq, score_seq):

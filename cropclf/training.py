@@ -25,7 +25,7 @@ from cropclf.config import Config
 from cropclf.data.loading import Prepared, prepare, print_problems, read_split
 from cropclf.errors import ConfigError, CropclfError, ImageError
 from cropclf.data.labels import balanced_class_weights, label_maps_to_json, load_label_maps, output_keys
-from cropclf.model import apply_stage, build_model, stage, trunk_layers
+from cropclf.model import apply_stage, build_model, stage, stage_spans, trunk_layers
 from cropclf.plots import learning_curves
 from cropclf.data.sequence import CropSequence
 
@@ -109,7 +109,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     # checkpoint taken inside a stage keeps that stage's trainable flags and optimizer state.
     current = stage(cfg, initial_epoch - 1) if state else None
     try:
-        for start, end in _stage_spans(cfg, initial_epoch, initial_epoch + left):
+        for start, end in stage_spans(cfg, initial_epoch, initial_epoch + left):
             if stage(cfg, start) != current:
                 with strategy.scope():
                     apply_stage(model, cfg, stage(cfg, start))
@@ -146,16 +146,6 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         export_run(run_dir, log=log)
     artifacts.write_json(run_dir / "status.json", {"state": "complete", "at": time.time()})
     return run_dir
-
-
-def _stage_spans(cfg: Config, first: int, end: int) -> list[tuple[int, int]]:
-    """``[first, end)`` cut where the stage changes: one ``fit`` call each."""
-    spans, start = [], first
-    for epoch in range(first + 1, end):
-        if stage(cfg, epoch) != stage(cfg, epoch - 1):
-            spans.append((start, epoch))
-            start = epoch
-    return spans + [(start, end)] if end > start else spans
 
 
 def _first_epoch_of(cfg: Config, name: str) -> int:

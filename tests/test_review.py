@@ -202,6 +202,43 @@ def test_review_script_bad_run_is_one_error_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_fold_models_fine_tune_in_the_runs_stages(demo_small, tmp_path, monkeypatch):
+    """A run that starts from a trunk file: each fold model trains heads only, then the top of the
+    trunk, as training does; with nothing unfrozen the trunk ends exactly as the file holds it."""
+    import cropclf.model
+    from cropclf.data.labels import build_label_maps
+    from cropclf.data.loading import prepare
+    from cropclf.model import build_model
+    from cropclf.review import _fit_predict
+
+    cfg = small_config(demo_small, **{"model.width": 8, "train.epochs": 3, "train.freeze_epochs": 2,
+                                      "train.unfreeze": 0.0})
+    frame = read_annotations(demo_small)
+    maps = build_label_maps(frame, ["name", "type"])
+    trunk = build_model(cfg.model, cfg.crop.image_size, {h: len(m) for h, m in maps.items()}, seed=9)
+    trunk.get_layer("trunk").save_weights(tmp_path / "t.weights.h5")
+    cfg = cfg.replace(**{"model.weights": str(tmp_path / "t.weights.h5")})
+    stages, models = [], []
+    apply_stage = cropclf.model.apply_stage
+
+    def spy(model, cfg, name):
+        stages.append(name)
+        models.append(model)
+        return apply_stage(model, cfg, name)
+
+    monkeypatch.setattr(cropclf.model, "apply_stage", spy)
+    data = prepare(cfg, maps, dict.fromkeys(frame["path"], "train"), log=lambda *a: None, frame=frame)
+    try:
+        probs = _fit_predict(cfg, maps, data.store, frame, frame.iloc[:10], seed=0, verbose=0)
+    finally:
+        data.store.close()
+    assert stages == ["frozen", "finetune"]
+    assert probs["name"].shape == (10, len(maps["name"]))
+    for got, want in zip(models[0].get_layer("trunk").weights, trunk.get_layer("trunk").weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.slow
 def test_review_finds_flipped_labels_on_a_small_demo(demo_medium, tmp_path):
     """Real training: 80 demo scenes, 32 px, the colour head, 3 folds; floors measured with margin."""
     from cropclf.review import review_run
