@@ -308,8 +308,12 @@ def _folds(paths: pd.Series, k: int, seed: int) -> np.ndarray:
 
 
 def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, verbose) -> dict:
-    """A model trained as the run was (its config, epochs and fine-tuning stages; no validation
-    split, so the learning rate halves on the training loss's plateaus), then scoring."""
+    """A model trained as the run was (its config, epochs and fine-tuning stages), then scoring.
+
+    There is no validation split to watch, so each stage's learning rate follows a cosine from the
+    stage's rate down to near zero over its epochs instead of halving on plateaus: a fixed budget
+    ends converged rather than wherever the last plateau left it.
+    """
     import keras
 
     from cropclf.data.sequence import CropSequence
@@ -329,7 +333,7 @@ def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, 
         apply_stage(model, cfg, stage(cfg, start))  # a fresh optimizer per stage, as training does
         train_seq.set_epoch(start)
         model.fit(train_seq, epochs=end, initial_epoch=start, shuffle=False, verbose=verbose, callbacks=[
-            keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=cfg.train.reduce_lr)])
+            keras.callbacks.LearningRateScheduler(cosine_decay(float(model.optimizer.learning_rate), start, end))])
     score_seq = CropSequence(score_frame, maps, cfg.train.batch_size, cfg.crop, False, store=store, **kw)
     probs = model.predict(score_seq, verbose=0)
     for seq in (train_seq, score_seq):
@@ -337,6 +341,16 @@ def _fit_predict(cfg: Config, maps, store, train_frame, score_frame, seed: int, 
     keras.backend.clear_session()
     keys = output_keys(list(maps))
     return {h: np.asarray(probs[keys[h]], np.float32) for h in maps}
+
+
+def cosine_decay(rate: float, start: int, end: int):
+    """A ``LearningRateScheduler`` function for epochs ``[start, end)``: ``rate`` at ``start``, then a
+    half cosine towards zero at ``end`` (the last epoch gets a few per cent of ``rate``)."""
+    span = max(end - start, 1)
+
+    def schedule(epoch, current=None):
+        return float(rate * 0.5 * (1 + np.cos(np.pi * (epoch - start) / span)))
+    return schedule
 
 
 def _issues(frame, used, heads, maps, probs, given, flipped) -> pd.DataFrame:

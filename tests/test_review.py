@@ -201,6 +201,16 @@ def test_review_script_bad_run_is_one_error_line(tmp_path):
     assert len(errors) == 1 and "holds no config.json" in errors[0] and "Received: --run" in errors[0]
 
 
+@pytest.mark.parametrize("start, end", [(0, 1), (0, 12), (5, 30)])
+def test_cosine_decay_starts_at_the_rate_and_falls_towards_zero(start, end):
+    from cropclf.review import cosine_decay
+
+    rates = [cosine_decay(0.01, start, end)(e) for e in range(start, end)]
+    assert rates[0] == pytest.approx(0.01)
+    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
+    assert rates[-1] <= 0.01 * 0.5 * (1 + np.cos(np.pi * (end - start - 1) / (end - start))) + 1e-12
+
+
 @pytest.mark.slow
 def test_fold_models_fine_tune_in_the_runs_stages(demo_small, tmp_path, monkeypatch):
     """A run that starts from a trunk file: each fold model trains heads only, then the top of the
@@ -233,6 +243,9 @@ def test_fold_models_fine_tune_in_the_runs_stages(demo_small, tmp_path, monkeypa
     finally:
         data.store.close()
     assert stages == ["frozen", "finetune"]
+    # the second stage's rate is the fine-tuning rate, decayed over its one epoch from where it began
+    assert float(models[0].optimizer.learning_rate) == pytest.approx(
+        cfg.train.learning_rate * cfg.train.finetune_lr_factor)
     assert probs["name"].shape == (10, len(maps["name"]))
     for got, want in zip(models[0].get_layer("trunk").weights, trunk.get_layer("trunk").weights):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
