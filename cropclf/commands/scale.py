@@ -120,13 +120,13 @@ def step_imports(args: dict) -> dict:
 def step_read(args: dict) -> dict:
     from cropclf.via import read_annotations
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     frame = read_annotations(args["path"])
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - cpu
     if args.get("pickle"):
         with open(args["pickle"], "wb") as f:
             pickle.dump(frame, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return {"seconds": seconds, "regions": len(frame)}
+    return {"seconds": seconds, "cpu_seconds": cpu, "regions": len(frame)}
 
 
 def step_labels_split(args: dict) -> dict:
@@ -135,11 +135,12 @@ def step_labels_split(args: dict) -> dict:
 
     with open(args["pickle"], "rb") as f:
         frame = pickle.load(f)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     maps = build_label_maps(frame, ("name", "type"))
     encode_heads(frame, maps)
     assignment, _ = split_by_image(frame, ("name", "type"))
-    return {"seconds": time.perf_counter() - t, "regions": len(frame), "images": len(assignment)}
+    return {"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - cpu, "regions": len(frame),
+            "images": len(assignment)}
 
 
 def step_patches(args: dict) -> dict:
@@ -154,13 +155,14 @@ def step_patches(args: dict) -> dict:
     maps = build_label_maps(frame, ("name", "type"))
     crop = CropConfig(image_size=CROP_SIZE)
     rss_start = _peak_rss_mib()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     store = PatchStore(frame, crop.image_size, crop.margin, 0.0, crop.resize, crop.min_size, crop.pad_value,
                        memory_mb=args["cache_mb"], cache_dir=args["cache_dir"], threads=1, progress=True)
-    decode = time.perf_counter() - t
+    decode, decode_cpu = time.perf_counter() - t, time.process_time() - cpu
     seq = CropSequence(frame, maps, BATCH, crop, store=store, progress=False)
     n = len(seq.slots)
-    out = {"regions": len(frame), "patches": len(store), "decode_seconds": decode, "store_mib": store.nbytes / 2**20,
+    out = {"regions": len(frame), "patches": len(store), "decode_seconds": decode, "decode_cpu_seconds": decode_cpu,
+           "store_mib": store.nbytes / 2**20,
            "store_on_disk_mib": getattr(store, "disk_nbytes", store.nbytes if store.on_disk else 0) / 2**20}
     rss_after_store = _peak_rss_mib()
     for epoch in (1, 2):
@@ -205,8 +207,10 @@ STEPS = {"imports": step_imports, "read": step_read, "labels_split": step_labels
 
 def child_main(step: str, args_json: str) -> None:
     """Entry of a step's process: runs it and prints its result, with the process's peak RSS, as JSON."""
+    cpu = time.process_time()
     result = STEPS[step](json.loads(args_json))
     result["peak_rss_mib"] = _peak_rss_mib()
+    result["process_cpu_seconds"] = time.process_time() - cpu  # the whole step, loading its input included
     sys.stdout.flush()
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -233,9 +237,11 @@ def scale_benchmark(sizes, cache_mb: int = 1024, work_dir=None, steps=("read", "
     """Measures every step at every size; returns ``{"rows": [...], "sizes": [...]}`` (see `report_scale`)."""
     rows = []
 
-    def add(size, step, seconds, rss, crops_per_s=None, note=""):
+    def add(size, step, seconds, rss, crops_per_s=None, note="", cpu=None):
         rows.append({"regions": size, "step": step, "seconds": seconds, "peak_rss_mib": rss,
-                     "crops_per_s": crops_per_s, "note": note})
+                     "crops_per_s": crops_per_s, "note": note, "cpu_seconds": cpu})
+        if cpu is not None:  # on a shared machine the wall time also counts the neighbours' work
+            note = f"(CPU {cpu:.2f} s) {note}".rstrip()
         rate = f", {crops_per_s:,.0f} crops/s" if crops_per_s else ""
         log(f"    {step}: {seconds:.2f} s, peak RSS {rss:,.0f} MiB{rate} {note}".rstrip(), flush=True)
 
@@ -255,15 +261,16 @@ def scale_benchmark(sizes, cache_mb: int = 1024, work_dir=None, steps=("read", "
             if "read" in steps or "labels_split" in steps or "patches" in steps:
                 log("  reading the VIA CSV ...", flush=True)
                 r = run_step("read", {"path": data["csv"], "pickle": frame_pickle})
-                add(size, "read VIA CSV", r["seconds"], r["peak_rss_mib"])
+                add(size, "read VIA CSV", r["seconds"], r["peak_rss_mib"], cpu=r["cpu_seconds"])
             if "read" in steps:
                 log("  reading the VIA JSON ...", flush=True)
                 r = run_step("read", {"path": data["json"]})
-                add(size, "read VIA JSON", r["seconds"], r["peak_rss_mib"])
+                add(size, "read VIA JSON", r["seconds"], r["peak_rss_mib"], cpu=r["cpu_seconds"])
             if "labels_split" in steps:
                 log("  label maps, labels and split ...", flush=True)
                 r = run_step("labels_split", {"pickle": frame_pickle})
-                add(size, "label maps + split (frame unpickled first)", r["seconds"], r["peak_rss_mib"])
+                add(size, "label maps + split (frame unpickled first)", r["seconds"], r["peak_rss_mib"],
+                    cpu=r["cpu_seconds"])
             if "patches" in steps:
                 log("  patch store (1 decode thread), two epochs, per-batch overhead ...", flush=True)
                 cache_dir = str(Path(tmp) / "cache")
@@ -271,7 +278,7 @@ def scale_benchmark(sizes, cache_mb: int = 1024, work_dir=None, steps=("read", "
                 where = (f"{r['store_mib']:,.0f} MiB of patches, {r['store_on_disk_mib']:,.0f} MiB of them "
                          f"in the cache file (cap {cache_mb} MiB)")
                 add(size, "decoding pass into the patch store (1 thread)", r["decode_seconds"],
-                    r["rss_after_store_mib"], r["patches"] / r["decode_seconds"], where)
+                    r["rss_after_store_mib"], r["patches"] / r["decode_seconds"], where, cpu=r["decode_cpu_seconds"])
                 add(size, "first epoch (decoding pass + crops)", r["decode_seconds"] + r["epoch1_seconds"],
                     r["peak_rss_mib"], r["first_epoch_crops_per_s"])
                 add(size, "later epoch (crops)", r["epoch2_seconds"], r["peak_rss_mib"],
@@ -287,4 +294,6 @@ def report_scale(result: dict, out=print) -> None:
     for r in result["rows"]:
         size = f"{r['regions']:,}" if r["regions"] else "-"
         rate = f"{r['crops_per_s']:,.0f}" if r["crops_per_s"] else ""
-        out(f"{size:>10}  {r['step']:<50}{r['seconds']:>9.2f}{r['peak_rss_mib']:>14,.0f}{rate:>10}  {r['note']}")
+        note = "; ".join(filter(None, [f"CPU {r['cpu_seconds']:.2f} s" if r.get("cpu_seconds") is not None
+                                       else "", r["note"]]))
+        out(f"{size:>10}  {r['step']:<50}{r['seconds']:>9.2f}{r['peak_rss_mib']:>14,.0f}{rate:>10}  {note}")

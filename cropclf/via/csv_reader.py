@@ -8,6 +8,7 @@ import re
 from cropclf.via.parsed import Parsed, loads
 from cropclf.via.vocabulary import VIA_CSV_COLUMNS, csv_records, header_names, trim
 
+_SMALL = re.compile(r"[0-9]{1,9}")  # an ASCII count far below 2**31
 _VIA01_CELL = re.compile(r'\s*"?name=')
 _VIA3_CSV = re.compile(r"^#\s*(SHAPE_ID|CSV_HEADER|FLAG_ID)\b|^metadata_id,file_list", re.M)
 VIA3_HINT = ("This is a VIA 3 file, which this tool does not read. Open the images in VIA 2 and "
@@ -52,8 +53,12 @@ def read_csv(text: str, parsed: Parsed):
         if filename.strip() and filename not in parsed.images:
             parsed.images[filename] = _parse_cell(cells, "file_attributes", parsed, loc)
         counters[filename] = counters.get(filename, -1) + 1
-        region_id = _int(cells.get("region_id", counters[filename]), parsed, loc, "region_id")
-        count = _int(cells.get("region_count", -1), parsed, loc, "region_count")
+        region_id, count = cells.get("region_id", counters[filename]), cells.get("region_count", -1)
+        # VIA writes small plain counts: int() at once, the checks only for anything else
+        region_id = int(region_id) if type(region_id) is int or _SMALL.fullmatch(region_id) else _int(
+            region_id, parsed, loc, "region_id")
+        count = int(count) if type(count) is int or _SMALL.fullmatch(count) else _int(
+            count, parsed, loc, "region_count")
         shape = _parse_cell(cells, "region_shape_attributes", parsed, loc)
         parsed.add(filename, region_id, shape, attrs, loc, key, count)
 

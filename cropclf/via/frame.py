@@ -121,10 +121,10 @@ def _build_frame(parsed: Parsed, roots: list[Path], allow_outside: bool) -> pd.D
     region_cols = {n: f"region:{n}" if n in taken else n for n in dict.fromkeys(region_names)}
     file_cols = {n: f"file:{n}" for n in dict.fromkeys(file_names)}
     columns = [*FIXED_COLUMNS, "duplicate", *region_cols.values(), *file_cols.values()]
-    # one list per column, not one dict per region: a million regions would take gigabytes as dicts
-    table = {c: [] for c in columns}
-    fixed = [table[c] for c in (*FIXED_COLUMNS, "duplicate")]
-    labelled = [(col, table[col]) for col in dict.fromkeys([*region_cols.values(), *file_cols.values()])]
+    # one tuple per region, turned into columns at the end: a dict per region would take gigabytes
+    # at a million regions, and appending to a dozen lists per region costs more than one transpose
+    labelled = list(dict.fromkeys([*region_cols.values(), *file_cols.values()]))
+    fixed, cells = [], []
     paths, seen = {}, set()
     for filename, region_id, shape, attrs, loc, region_key in parsed.regions:
         kind, x, y, w, h = shape_box(shape, parsed.error, loc)
@@ -133,14 +133,15 @@ def _build_frame(parsed: Parsed, roots: list[Path], allow_outside: bool) -> pd.D
         values = {region_cols[n]: encode(v, parsed.options.get(("region", n)))
                   for n, v in attrs.items()}
         key = (filename, _shape_key(shape), tuple(sorted(values.items())))
-        for column, value in zip(fixed, (filename, paths[filename], region_id, kind, x, y, w, h, loc, region_key,
-                                         key in seen)):
-            column.append(value)
+        fixed.append((filename, paths[filename], region_id, kind, x, y, w, h, loc, region_key, key in seen))
         seen.add(key)
         for n, col in file_cols.items():  # after the region values: as in a row dict, a file column wins
             values[col] = encode(parsed.images[filename].get(n), parsed.options.get(("file", n)))
-        for col, column in labelled:
-            column.append(values.get(col, ""))
+        cells.append(tuple([values.get(col, "") for col in labelled]))
+    names = [*FIXED_COLUMNS, "duplicate", *labelled]
+    table = dict(zip(names, [list(c) for c in zip(*fixed)] + [list(c) for c in zip(*cells)])) if fixed else {}
+    table = {c: table.get(c, []) for c in names}
+    del fixed, cells
     frame = pd.DataFrame(table, columns=columns)
     numeric = {"region_id": "int64", REGION_KEY: "int64", "duplicate": "bool", "x": "float64", "y": "float64",
                "width": "float64", "height": "float64"}
