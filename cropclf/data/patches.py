@@ -101,6 +101,7 @@ class PatchStore:
         self.room = np.ceil(lengths * reach[keep, None] / self.pitch).astype(np.int64)  # patch px each side
         self.origin = windows[:, :2] - self.room * self.pitch  # image coordinates of the patch's corner
         self.shapes = (self.centre + 2 * self.room)[:, ::-1].copy()  # (h, w)
+        self._roomless = ~self.room.any(axis=1)  # no jitter room: the patch is the margin window resized
         self.slot = {frame.index[k]: s for s, k in enumerate(keep)}
         sizes_bytes = self.shapes[:, 0] * self.shapes[:, 1] * 3
         self.offsets = np.concatenate([[0], np.cumsum(sizes_bytes)]).astype(np.int64)
@@ -156,14 +157,19 @@ class PatchStore:
         height, width = image.shape[:2]
         (ox, oy), (qx, qy), (ph, pw) = self.origin[s], self.pitch[s], self.shapes[s]
         area = bool(self.area[s])
-        if not self.room[s].any() and ph * pw <= INTEGRAL_MAX_PIXELS:
+        if self._roomless[s] and ph * pw <= INTEGRAL_MAX_PIXELS:
             # No jitter room: the grid is the whole-pixel margin window itself, so the patch is that window
-            # resized as crops.resize resizes it, on float32 (cv2 then computes the same exact cell means
-            # or linear samples as below, in one C call instead of a dozen numpy ones per region).
+            # resized, in one C call instead of a dozen numpy ones per region. Shrinking both axes, that
+            # is crops.resize's own call on the same pixels: canonical_crop's crop exactly. Otherwise on
+            # float32, the same linear samples as below (cv2's uint8 linear path rounds its weights).
             x, y = int(ox), int(oy)
             (lx, ly), (cx, cy) = self.margin_boxes[s][2:], self.centre[s]
-            cut = cut_window(image, (x, y, x + int(lx), y + int(ly)), self.pad_value).astype(np.float32)
-            means = cv2.resize(cut, (int(cx), int(cy)), interpolation=cv2.INTER_AREA if area else cv2.INTER_LINEAR)
+            x1, y1 = x + int(lx), y + int(ly)
+            inside = x >= 0 and y >= 0 and x1 <= width and y1 <= height
+            cut = image[y:y1, x:x1] if inside else cut_window(image, (x, y, x1, y1), self.pad_value)
+            if area:
+                return cv2.resize(cut, (int(cx), int(cy)), interpolation=cv2.INTER_AREA)
+            means = cv2.resize(cut.astype(np.float32), (int(cx), int(cy)), interpolation=cv2.INTER_LINEAR)
             return np.clip(np.rint(means), 0, 255).astype(np.uint8)
         # only the image pixels the grid touches (a linear sample reads one pixel past its position)
         x0, x1 = max(0, int(np.floor(ox)) - 1), min(width, int(np.ceil(ox + pw * qx)) + 1)
