@@ -99,7 +99,7 @@ def test_spill_file_goes_to_the_configured_folder(tall_image, tmp_path):
     data = prepare(cfg, assignment={path: "train"}, frame=frame, **QUIET)
     try:
         assert data.store.on_disk and Path(data.store._tmp.name).parent == spill
-        assert "memory-mapped file" in data.store.describe()
+        assert "file on disk" in data.store.describe()
     finally:
         data.store.close()
 

@@ -3,6 +3,8 @@
     python scripts/benchmark.py                         # 120 demo scenes, 1280x720 (~900 regions)
     python scripts/benchmark.py --images 240 --out-json bench.json
     python scripts/benchmark.py --quick                 # tiny smoke run (the test uses it)
+    python scripts/benchmark.py --scale 10000,100000,1000000   # how each step grows with the regions
+
 
 Every figure comes from one process on the same data: compare them with each other, not with
 another session's, as timings on a shared 2-core VM move by 15-30 % between runs.
@@ -172,7 +174,17 @@ def main(argv=None):
                                       "with --quick, a temporary folder)")
     p.add_argument("--out-json", help="also write the results here as JSON")
     p.add_argument("--quick", action="store_true", help="smoke run: 12 small scenes, short timings")
+    p.add_argument("--scale", metavar="N,N,...",
+                   help="instead: synthetic datasets of these many regions; each step's seconds, peak RSS "
+                        "and crops/s (cropclf/commands/scale.py)")
+    p.add_argument("--scale-steps", default="read,labels_split,patches",
+                   help="with --scale: which steps (read, labels_split, patches)")
+    p.add_argument("--cache-mb", type=int, default=1024,
+                   help="with --scale: the patch store's RAM cap (data.cache_memory_mb); the rest is on disk")
+    p.add_argument("--work-dir", help="with --scale: where the temporary datasets and patch files go")
     args = p.parse_args(argv)
+    if args.scale:
+        return _scale(args)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or (Path(tmp) / "demo" if args.quick else "data/demo-bench")
         n_images, image_size = (12, (320, 200)) if args.quick else (args.images, (1280, 720))
@@ -183,6 +195,26 @@ def main(argv=None):
     report(results)
     if args.out_json:
         Path(args.out_json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"Wrote {args.out_json}")
+
+
+def _scale(args):
+    from cropclf.commands.scale import report_scale, scale_benchmark
+
+    try:
+        sizes = [int(v.replace("_", "")) for v in args.scale.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    steps = tuple(v.strip() for v in args.scale_steps.split(",") if v.strip())
+    unknown = [v for v in steps if v not in ("read", "labels_split", "patches")]
+    if not sizes or min(sizes) < 1 or unknown:
+        raise CropclfError("--scale takes region counts such as 10000,100000 and --scale-steps some of "
+                           f"read, labels_split, patches. Received: --scale {args.scale} --scale-steps "
+                           f"{args.scale_steps}")
+    result = scale_benchmark(sizes, args.cache_mb, args.work_dir, steps)
+    report_scale(result)
+    if args.out_json:
+        Path(args.out_json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"Wrote {args.out_json}")
 
 

@@ -1,4 +1,4 @@
-"""Decode each image once: every region's neighbourhood, kept in memory or memory-mapped on disk.
+"""Decode each image once: every region's neighbourhood, kept in memory (up to a cap) or in a file on disk.
 
 A `PatchStore` holds, per croppable region, a *patch*: the region's whole-pixel margin window (the
 window `crops.canonical_crop` cuts), plus room for the augmentation jitter, resampled onto the pixel
@@ -18,7 +18,9 @@ the length `canonical_crop` resizes it to, see `crops.fit_size`):
 So a non-jittered crop is a whole-pixel sub-window of the patch, resized as `canonical_crop` resizes
 (identity on pitch-``q`` axes): within one grey level of `canonical_crop` for any box. And a patch is
 at most ``(T + 2 ceil(reach T)) x (T + 2 ceil(reach T))`` pixels whatever the box's size or aspect
-ratio. When all patches pass ``memory_mb`` they live in a memory-mapped file instead of RAM.
+ratio. Patches live in RAM up to ``memory_mb``; the rest in a file in ``cache_dir``, written and read
+a patch at a time (``pwrite``/``pread``), so the process's RSS stays near ``memory_mb`` whatever the
+dataset (the page cache still keeps the file in memory while memory is free).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cropclf.data.crops import Problem, expand_box, integer_windows, letterbox, resize, why_not_croppable
+from cropclf.data.crops import Problem, cut_window, expand_box, integer_windows, letterbox, resize, why_not_croppable
 from cropclf.errors import ConfigError, ImageError
 from cropclf.data.images import load_image, probe_image
 from cropclf.progress import Progress
@@ -50,7 +52,7 @@ class PatchStore:
         mode: ``"stretch"`` or ``"letterbox"`` (letterbox scales both axes alike).
         min_size: boxes narrower or lower than this (pixels) cannot be cropped.
         pad_value: fill for pixels outside the image.
-        memory_mb: above this many megabytes, patches go to a memory-mapped file.
+        memory_mb: patches beyond this many megabytes go to a file on disk.
         cache_dir: folder for that file (created if missing; default: the system's temporary folder).
         threads: decoding threads (OpenCV releases the GIL while decoding).
         progress: show a progress bar while decoding.
@@ -99,16 +101,20 @@ class PatchStore:
         self.room = np.ceil(lengths * reach[keep, None] / self.pitch).astype(np.int64)  # patch px each side
         self.origin = windows[:, :2] - self.room * self.pitch  # image coordinates of the patch's corner
         self.shapes = (self.centre + 2 * self.room)[:, ::-1].copy()  # (h, w)
+        self._roomless = ~self.room.any(axis=1)  # no jitter room: the patch is the margin window resized
         self.slot = {frame.index[k]: s for s, k in enumerate(keep)}
         sizes_bytes = self.shapes[:, 0] * self.shapes[:, 1] * 3
         self.offsets = np.concatenate([[0], np.cumsum(sizes_bytes)]).astype(np.int64)
         self.nbytes = int(self.offsets[-1])
+        # RAM holds the first slots, up to memory_mb; the rest go to a file (see `patch`)
+        self.ram_slots = int(np.searchsorted(self.offsets, memory_mb * 2**20, side="right")) - 1
+        ram_bytes = int(self.offsets[self.ram_slots])
+        self.disk_nbytes = self.nbytes - ram_bytes
+        self.buffer = np.empty(max(ram_bytes, 1), np.uint8)
         self._tmp = None
-        if self.nbytes > memory_mb * 2**20:
+        if self.disk_nbytes:
             self._tmp = _spill_file(cache_dir)
-            self.buffer = np.memmap(self._tmp.name, dtype=np.uint8, mode="w+", shape=(self.nbytes,))
-        else:
-            self.buffer = np.empty(max(self.nbytes, 1), np.uint8)
+            os.ftruncate(self._tmp.fileno(), self.disk_nbytes)
         self.on_disk = self._tmp is not None
 
         # 3. Decode each image once and fill its regions' patches.
@@ -124,7 +130,7 @@ class PatchStore:
                 try:
                     image = load_image(path, probed=True)  # step 1 probed it
                     for s in slots:
-                        self.patch(s)[...] = self._resample(image, s)
+                        self._write(s, self._resample(image, s))
                     return None
                 except ImageError as e:
                     return path, slots, str(e)
@@ -151,6 +157,20 @@ class PatchStore:
         height, width = image.shape[:2]
         (ox, oy), (qx, qy), (ph, pw) = self.origin[s], self.pitch[s], self.shapes[s]
         area = bool(self.area[s])
+        if self._roomless[s] and ph * pw <= INTEGRAL_MAX_PIXELS:
+            # No jitter room: the grid is the whole-pixel margin window itself, so the patch is that window
+            # resized, in one C call instead of a dozen numpy ones per region. Shrinking both axes, that
+            # is crops.resize's own call on the same pixels: canonical_crop's crop exactly. Otherwise on
+            # float32, the same linear samples as below (cv2's uint8 linear path rounds its weights).
+            x, y = int(ox), int(oy)
+            (lx, ly), (cx, cy) = self.margin_boxes[s][2:], self.centre[s]
+            x1, y1 = x + int(lx), y + int(ly)
+            inside = x >= 0 and y >= 0 and x1 <= width and y1 <= height
+            cut = image[y:y1, x:x1] if inside else cut_window(image, (x, y, x1, y1), self.pad_value)
+            if area:
+                return cv2.resize(cut, (int(cx), int(cy)), interpolation=cv2.INTER_AREA)
+            means = cv2.resize(cut.astype(np.float32), (int(cx), int(cy)), interpolation=cv2.INTER_LINEAR)
+            return np.clip(np.rint(means), 0, 255).astype(np.uint8)
         # only the image pixels the grid touches (a linear sample reads one pixel past its position)
         x0, x1 = max(0, int(np.floor(ox)) - 1), min(width, int(np.ceil(ox + pw * qx)) + 1)
         y0, y1 = max(0, int(np.floor(oy)) - 1), min(height, int(np.ceil(oy + ph * qy)) + 1)
@@ -172,8 +192,28 @@ class PatchStore:
         return s is not None and bool(self.valid[s])
 
     def patch(self, s: int) -> np.ndarray:
+        """Slot ``s``'s patch, ``[h, w, 3]`` uint8: a view of RAM, or (read-only) bytes read from the file.
+
+        The file is read with ``pread``, not mapped: a mapping's pages count in the process's RSS once
+        touched, and an epoch touches them all; the page cache still keeps a file that fits in memory.
+        """
         h, w = self.shapes[s]
-        return self.buffer[self.offsets[s]:self.offsets[s + 1]].reshape(h, w, 3)
+        start, end = int(self.offsets[s]), int(self.offsets[s + 1])
+        if s < self.ram_slots:
+            return self.buffer[start:end].reshape(h, w, 3)
+        base = int(self.offsets[self.ram_slots])
+        data = os.pread(self._tmp.fileno(), end - start, start - base)
+        if len(data) != end - start:
+            raise OSError(f"the patch cache file {self._tmp.name} is shorter than written (removed or "
+                          f"truncated while in use?)")
+        return np.frombuffer(data, np.uint8).reshape(h, w, 3)
+
+    def _write(self, s: int, patch: np.ndarray) -> None:
+        start = int(self.offsets[s])
+        if s < self.ram_slots:
+            self.buffer[start:int(self.offsets[s + 1])] = patch.reshape(-1)
+        else:
+            os.pwrite(self._tmp.fileno(), np.ascontiguousarray(patch), start - int(self.offsets[self.ram_slots]))
 
     def to_patch(self, s: int, window) -> np.ndarray:
         """Converts an ``(x, y, w, h)`` window in image pixels to the slot's patch pixels."""
@@ -198,12 +238,12 @@ class PatchStore:
 
     def close(self) -> None:
         if self._tmp is not None:
-            del self.buffer
             self._tmp.close()
             self._tmp = None
 
     def describe(self) -> str:
-        where = f"memory-mapped file ({self._tmp.name})" if self.on_disk else "memory"
+        where = "memory" if not self.on_disk else (
+            f"memory and {self.disk_nbytes / 2**20:.1f} MiB of them in a file on disk ({self._tmp.name})")
         return (f"{len(self)} region patches, {self.nbytes / 2**20:.1f} MiB in {where}; "
                 f"{len(self.problems)} region(s) left out, {len(self.bad_images)} bad image(s)")
 

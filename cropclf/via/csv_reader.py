@@ -8,6 +8,8 @@ import re
 from cropclf.via.parsed import Parsed, loads
 from cropclf.via.vocabulary import VIA_CSV_COLUMNS, csv_records, header_names, trim
 
+_SMALL = re.compile(r"[0-9]{1,9}")  # an ASCII count far below 2**31
+_VIA01_CELL = re.compile(r'\s*"?name=')
 _VIA3_CSV = re.compile(r"^#\s*(SHAPE_ID|CSV_HEADER|FLAG_ID)\b|^metadata_id,file_list", re.M)
 VIA3_HINT = ("This is a VIA 3 file, which this tool does not read. Open the images in VIA 2 and "
              "export with 'Annotation > Export Annotations' as a VIA 2 CSV/JSON.")
@@ -15,7 +17,8 @@ VIA3_HINT = ("This is a VIA 3 file, which this tool does not read. Open the imag
 
 def read_csv(text: str, parsed: Parsed):
     """Reads a VIA 1.x/2.x CSV export (7 columns) or a flat CSV with label columns."""
-    if _VIA3_CSV.search(text):
+    # the substring tests first: the pattern scans a whole VIA 2 file slowly and it needs one of them
+    if ("#" in text or "metadata_id" in text) and _VIA3_CSV.search(text):
         raise parsed.error(None, VIA3_HINT, text.lstrip().splitlines()[0])
     try:
         records = csv_records(text)
@@ -36,19 +39,26 @@ def read_csv(text: str, parsed: Parsed):
     counters: dict[str, int] = {}
     for key, (line, fields) in enumerate(records[1:]):  # the writer counts records the same way
         loc = f"row {line}"
-        fields = trim(fields, len(header))
+        if len(fields) > len(header):
+            fields = trim(fields, len(header))
         if len(fields) != len(header):
             raise parsed.error(loc, f"expected {len(header)} fields, found {len(fields)}. A comma "
                                "or quote in a file name breaks VIA's CSV; rename the image.",
                                ",".join(fields))
         cells = dict(zip(header, fields))
-        attrs = {c: cells[c] for c in labels} | _parse_cell(cells, "region_attributes", parsed, loc)
+        attrs = _parse_cell(cells, "region_attributes", parsed, loc)
+        if labels:
+            attrs = {c: cells[c] for c in labels} | attrs
         filename = cells["filename"]
         if filename.strip() and filename not in parsed.images:
             parsed.images[filename] = _parse_cell(cells, "file_attributes", parsed, loc)
         counters[filename] = counters.get(filename, -1) + 1
-        region_id = _int(cells.get("region_id", counters[filename]), parsed, loc, "region_id")
-        count = _int(cells.get("region_count", -1), parsed, loc, "region_count")
+        region_id, count = cells.get("region_id", counters[filename]), cells.get("region_count", -1)
+        # VIA writes small plain counts: int() at once, the checks only for anything else
+        region_id = int(region_id) if type(region_id) is int or _SMALL.fullmatch(region_id) else _int(
+            region_id, parsed, loc, "region_id")
+        count = int(count) if type(count) is int or _SMALL.fullmatch(count) else _int(
+            count, parsed, loc, "region_count")
         shape = _parse_cell(cells, "region_shape_attributes", parsed, loc)
         parsed.add(filename, region_id, shape, attrs, loc, key, count)
 
@@ -58,7 +68,7 @@ def _parse_cell(cells: dict, column: str, parsed: Parsed, loc) -> dict:
     text = cells.get(column, "")
     if not text.strip():
         return {}
-    if re.match(r'\s*"?name=', text):
+    if _VIA01_CELL.match(text):
         raise parsed.error(loc, f"{column} uses the VIA 0.1b 'name=...;x=...' syntax, which is not "
                            "supported. Open the file in VIA 2 and export it as CSV again.", text)
     value = loads(text, parsed, loc, column)

@@ -8,7 +8,6 @@ Only the standard library and pandas: no framework is imported here.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -121,23 +120,29 @@ def _build_frame(parsed: Parsed, roots: list[Path], allow_outside: bool) -> pd.D
     taken = (*FIXED_COLUMNS, "duplicate")
     region_cols = {n: f"region:{n}" if n in taken else n for n in dict.fromkeys(region_names)}
     file_cols = {n: f"file:{n}" for n in dict.fromkeys(file_names)}
-    paths, seen, rows = {}, set(), []
+    columns = [*FIXED_COLUMNS, "duplicate", *region_cols.values(), *file_cols.values()]
+    # one tuple per region, turned into columns at the end: a dict per region would take gigabytes
+    # at a million regions, and appending to a dozen lists per region costs more than one transpose
+    labelled = list(dict.fromkeys([*region_cols.values(), *file_cols.values()]))
+    fixed, cells = [], []
+    paths, seen = {}, set()
     for filename, region_id, shape, attrs, loc, region_key in parsed.regions:
-        kind, x, y, w, h = shape_box(shape, functools.partial(parsed.error, loc))
+        kind, x, y, w, h = shape_box(shape, parsed.error, loc)
         if filename not in paths:
             paths[filename] = _resolve(filename, roots, allow_outside, parsed, loc)
         values = {region_cols[n]: encode(v, parsed.options.get(("region", n)))
                   for n, v in attrs.items()}
-        key = (filename, dump(shape, sort_keys=True), tuple(sorted(values.items())))
-        row = {"filename": filename, "path": paths[filename], "region_id": region_id,
-               "shape": kind, "x": x, "y": y, "width": w, "height": h, "row": loc, REGION_KEY: region_key,
-               "duplicate": key in seen, **dict.fromkeys(region_cols.values(), ""), **values}
+        key = (filename, _shape_key(shape), tuple(sorted(values.items())))
+        fixed.append((filename, paths[filename], region_id, kind, x, y, w, h, loc, region_key, key in seen))
         seen.add(key)
-        for n, col in file_cols.items():
-            row[col] = encode(parsed.images[filename].get(n), parsed.options.get(("file", n)))
-        rows.append(row)
-    columns = [*FIXED_COLUMNS, "duplicate", *region_cols.values(), *file_cols.values()]
-    frame = pd.DataFrame(rows, columns=columns)
+        for n, col in file_cols.items():  # after the region values: as in a row dict, a file column wins
+            values[col] = encode(parsed.images[filename].get(n), parsed.options.get(("file", n)))
+        cells.append(tuple([values.get(col, "") for col in labelled]))
+    names = [*FIXED_COLUMNS, "duplicate", *labelled]
+    table = dict(zip(names, [list(c) for c in zip(*fixed)] + [list(c) for c in zip(*cells)])) if fixed else {}
+    table = {c: table.get(c, []) for c in names}
+    del fixed, cells
+    frame = pd.DataFrame(table, columns=columns)
     numeric = {"region_id": "int64", REGION_KEY: "int64", "duplicate": "bool", "x": "float64", "y": "float64",
                "width": "float64", "height": "float64"}
     frame = frame.astype({c: numeric.get(c, "str") for c in columns})
@@ -148,6 +153,20 @@ def _build_frame(parsed: Parsed, roots: list[Path], allow_outside: bool) -> pd.D
         undefined_values=parsed.undefined, duplicate_regions=int(frame["duplicate"].sum()),
         region_attributes=list(region_cols.values()), file_attributes=list(file_cols.values()))
     return frame
+
+
+def _shape_key(shape: dict):
+    """What makes two shapes the same for duplicate detection: their JSON text with sorted keys.
+
+    Shapes holding only integers and strings compare as their sorted items instead (the same
+    equality, without serialising a million shapes): the JSON text tells int, float, bool and str
+    apart, so two shapes of the same text are both of this kind or both not.
+    """
+    items = sorted(shape.items())
+    for _, v in items:
+        if type(v) is not int and type(v) is not str:
+            return dump(shape, sort_keys=True)
+    return tuple(items)
 
 
 def _resolve(filename: str, roots: list[Path], allow_outside: bool, parsed: Parsed, loc) -> str:

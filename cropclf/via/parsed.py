@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import json.scanner
 from pathlib import Path
 
 from cropclf.errors import AnnotationError, where
@@ -40,16 +41,33 @@ class Parsed:
         self.regions.append((filename, region_id, shape, attrs, loc, key))
 
 
+_decode = json.JSONDecoder().decode
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # the C scanner alone: called once per CSV cell
+
+
+def _decode_fast(text: str):
+    """``json.loads(text)``, skipping its Python wrapper when the text is one value and nothing else;
+    anything else (whitespace around it, extra data, an error) goes through ``json.loads``' own path."""
+    if text and text[0] in "{[":
+        try:
+            value, end = _scan(text, 0)
+        except StopIteration:
+            return _decode(text)
+        if end == len(text):
+            return value
+    return _decode(text)
+
+
 def loads(text: str, parsed: Parsed, loc, what: str):
     """``json.loads`` that tolerates VIA's bare ``undefined`` (counted) and trailing commas."""
     try:
-        return _text_only(json.loads(text), parsed, loc, what)
+        return _text_only(_decode_fast(text), parsed, loc, what, text)
     except (ValueError, RecursionError) as first:  # ValueError: also ints over 4,300 digits
         if isinstance(first, AnnotationError):
             raise
         fixed, count = repair(text)
         try:
-            value = _text_only(json.loads(fixed), parsed, loc, what)
+            value = _text_only(_decode(fixed), parsed, loc, what, fixed)
         except AnnotationError:
             raise
         except (ValueError, RecursionError):
@@ -67,8 +85,14 @@ def loads(text: str, parsed: Parsed, loc, what: str):
         return value
 
 
-def _text_only(value, parsed: Parsed, loc, what: str):
-    """Refuses strings no UTF-8 file can hold: unpaired surrogates, escaped as ``\\ud800``."""
+def _text_only(value, parsed: Parsed, loc, what: str, text: str):
+    """Refuses strings no UTF-8 file can hold: unpaired surrogates, escaped as ``\\ud800``.
+
+    ``text`` was decoded from UTF-8, so a surrogate can only come from a backslash escape: without a
+    backslash there is nothing to look for (the walk would cost more than the parse).
+    """
+    if "\\" not in text:
+        return value
     stack = [value]
     while stack:
         item = stack.pop()
