@@ -34,7 +34,7 @@ class DataConfig:
     allow_outside_root: bool = False  # filenames that climb out of the image folder are refused
     demo_dir: str = "data/demo"  # where the demo dataset is written
     demo_images: int = 240  # ~1,800 regions: enough for >0.95 on both heads, small enough for CPU
-    cache_memory_mb: int = 2048  # decoded region patches beyond this go to a memory-mapped file on disk
+    cache_memory_mb: int = 2048  # decoded region patches beyond this go to a file in cache_dir
     cache_dir: str | None = None  # that file's folder; None: the system's temporary folder (often RAM-backed)
 
     def __post_init__(self):
