@@ -230,3 +230,41 @@ def _from_first_replica(strategy, value):
 def restart_in_child(argv: list[str] | None = None) -> list[str]:
     """``cropclf train`` with this command's flags, to run as the supervised worker."""
     return [sys.executable, "-m", "cropclf", "train", *(sys.argv[1:] if argv is None else argv)]
+
+
+def fix_keras_fit(model, strategy) -> None:
+    """Lets Keras 3's TensorFlow trainer ``fit`` under a multi-worker strategy (tensorflow/tensorflow#72388).
+
+    Keras (3.15) fails there twice: building the model, it averages a peeked data batch with
+    ``strategy.reduce`` on the whole nested batch (``unsupported type PerReplica to a Tensor``), and
+    it averages each step's metrics with ``strategy.reduce(..., axis=0)``, which fails on scalars.
+    Here the build takes its shapes from this worker's first replica (no collective: only shapes
+    matter), and metrics are averaged over all replicas of all workers with ``axis=None``, as Keras
+    averages them over one host's replicas, so every worker logs the same values (and its callbacks
+    decide alike). Nothing changes for other strategies.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    if not getattr(trainer.reduce_per_replica, "cropclf_fix", False):
+        original = trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+                return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+            return original(values, strategy, reduction)
+
+        reduce_per_replica.cropclf_fix = True
+        trainer.reduce_per_replica = reduce_per_replica
+
+    build = model._maybe_symbolic_build
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                peeked = next(batches)
+                data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], peeked)
+                break
+        return build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = symbolic_build

@@ -128,6 +128,8 @@ def _train(cfg: Config, run_dir: Path, strategy, chief: bool, export: bool, log,
             keras.utils.set_random_seed(cfg.train.seed)  # weights; data randomness has its own RNGs
             num = {h: len(m) for h, m in data.label_maps.items()}
             model = build_model(cfg.model, cfg.crop.image_size, num, cfg.train.seed)
+    if multiworker:
+        cluster.fix_keras_fit(model, strategy)
     initial_epoch = state["epoch"] if state else 0
     log(_describe_recipe(cfg))
     monitor = "val_loss" if val_seq is not None else "loss"
