@@ -28,6 +28,10 @@ from pathlib import Path
 
 from cropclf.errors import ConfigError, CropclfError
 
+class ClusterError(CropclfError):
+    """The cluster of ``TF_CONFIG`` cannot form, or lost a worker: an environment problem, not a bug."""
+
+
 ENV_CHILD = "CROPCLF_CLUSTER_FD"  # set in the supervised child: the pipe it reports "connected" on
 
 
@@ -107,7 +111,7 @@ def supervise(argv: list[str], timeout: float, log=print) -> int:
             left = deadline - time.monotonic()
             if left <= 0:
                 _end(child)
-                raise CropclfError(_unreachable_message(tf_config, timeout))
+                raise ClusterError(_unreachable_message(tf_config, timeout))
             ready, _, _ = select.select([read_end], [], [], min(left, 0.5))
             if ready:
                 connected = os.read(read_end, 16) == b"connected"
@@ -148,6 +152,17 @@ def _answers(address: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def lost_peer(error: BaseException, run_dir: Path | None) -> ClusterError:
+    """The one-line error for a worker that lost its cluster while training (a peer died or left)."""
+    text = " ".join(str(getattr(error, "message", error)).split())
+    if text.startswith("{{"):  # TensorFlow prefixes the op's function node: not for users
+        text = text.partition("}}")[2].strip()
+    keeps = f"{run_dir} keeps" if run_dir is not None else "the chief's run directory keeps"
+    return ClusterError(f"TF_CONFIG: a worker of the cluster stopped or cannot be reached, so training stopped "
+                        f"here too; {keeps} the last completed epoch: start the same command on every host again "
+                        f"to resume. Received: {type(error).__name__}: {text[:300]}")
 
 
 # --- in the worker -----------------------------------------------------------------------------

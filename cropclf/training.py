@@ -174,6 +174,10 @@ def _train(cfg: Config, run_dir: Path, strategy, chief: bool, export: bool, log,
         raise
     except Exception as e:
         error = _batch_error(e, train_seq, val_seq)
+        if multiworker and isinstance(error, (tf.errors.UnavailableError, tf.errors.AbortedError)):
+            artifacts.write_json(run_dir / "status.json", {"state": "interrupted", "at": time.time(),
+                                                           "resume": "run the same command on every host"})
+            raise cluster.lost_peer(error, run_dir if chief else None) from e
         if not isinstance(error, CropclfError):  # a bug: keep its traceback with the run
             _save_traceback(error, run_dir / "error.txt")
         if error is e:
