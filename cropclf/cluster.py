@@ -114,7 +114,10 @@ def supervise(argv: list[str], timeout: float, log=print) -> int:
                 raise ClusterError(_unreachable_message(tf_config, timeout))
             ready, _, _ = select.select([read_end], [], [], min(left, 0.5))
             if ready:
-                connected = os.read(read_end, 16) == b"connected"
+                said = os.read(read_end, 16)
+                if not said:  # the child closed the pipe unsaid: it is ending, its status tells
+                    break
+                connected = said == b"connected"
         code = child.wait()
         return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
     finally:
