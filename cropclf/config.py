@@ -132,6 +132,9 @@ class TrainConfig:
     reduce_lr: int = 2  # epochs without val improvement before halving the learning rate
     class_weight: str = "balanced"  # "balanced" weighs each head's classes by inverse frequency; "none"
     distribute: str = "none"  # "none", "mirrored" (local devices) or "multiworker" (TF_CONFIG)
+    # multiworker: seconds a worker waits for every task of TF_CONFIG's cluster before it gives up (hosts a
+    # scheduler starts minutes apart still meet; a mistyped address fails instead of hanging)
+    peer_timeout: float = 300.0
     mixed_precision: str = "auto"  # "auto": float16 compute on a GPU, float32 on CPU; "on"; "off"
     # Fine-tuning a pretrained trunk (model.weights set), as Keras's transfer-learning guide does it: for the
     # first freeze_epochs only the heads learn (trunk frozen, BatchNorm in inference mode throughout); then the
@@ -166,6 +169,9 @@ class TrainConfig:
         if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
                 or not 0 < self.learning_rate < float("inf"):
             raise ConfigError(f"`train.learning_rate` must be a number > 0. Received: {self.learning_rate!r}")
+        if isinstance(self.peer_timeout, bool) or not isinstance(self.peer_timeout, (int, float)) \
+                or not 0 < self.peer_timeout < float("inf"):
+            raise ConfigError(f"`train.peer_timeout` must be a number of seconds > 0. Received: {self.peer_timeout!r}")
         choices = {"class_weight": ("balanced", "none"), "distribute": ("none", "mirrored", "multiworker"),
                    "mixed_precision": ("auto", "on", "off")}
         for name, allowed in choices.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from cropclf import artifacts
+from cropclf import artifacts, cluster
 from cropclf.config import Config
 from cropclf.data.loading import Prepared, prepare, print_problems, read_split
 from cropclf.errors import ConfigError, CropclfError, ImageError
@@ -31,14 +32,51 @@ from cropclf.data.sequence import CropSequence
 
 
 def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, log=print,
-          frame: pd.DataFrame | None = None) -> Path:
+          frame: pd.DataFrame | None = None) -> Path | None:
     """Trains (or resumes) the run in ``run_dir`` and returns its path.
 
     ``frame``: the regions `cropclf.data.loading.load_frame` already read for this config, if any.
+
+    Under ``train.distribute="multiworker"`` every worker of ``TF_CONFIG`` runs this; the chief alone
+    writes ``run_dir`` (and exports). The other workers receive the chief's resume files through a
+    collective, write everything to a temporary directory they remove at the end (TensorFlow's
+    multi-worker guide: every worker saves, since saving may take part in collectives, but only the
+    chief's copy is kept), and return None.
     """
     run_dir = Path(run_dir)
-    if overwrite and run_dir.exists():
+    strategy = _strategy(cfg)  # a multi-worker strategy joins the cluster here, before anything is read
+    chief = cluster.is_chief(strategy) if cfg.train.distribute == "multiworker" else True
+    scratch = None if chief else Path(tempfile.mkdtemp(prefix="cropclf-worker-"))
+    if chief and overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
+    try:
+        if cfg.train.distribute == "multiworker":
+            run_dir = _share_resume_files(strategy, run_dir if chief else scratch / "run", chief)
+        result = _train(cfg, run_dir, strategy, chief, export, log, frame)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return result if chief else None
+
+
+def _share_resume_files(strategy, run_dir: Path, chief: bool) -> Path:
+    """Gives every worker the chief's resume files (a non-chief worker's ``run_dir`` is temporary)."""
+    names = None
+    if chief:
+        names = ["config.json", "labels.json", "split.csv", "status.json", "state.json"]
+        state = _read_json(run_dir / "state.json")
+        if isinstance(state, dict):
+            names += [f"{CHECKPOINTS}/{state[k]}" for k in ("checkpoint", "best_checkpoint")
+                      if isinstance(state.get(k), str)]
+    files = cluster.broadcast_files(strategy, run_dir, names)
+    if not chief:
+        for name, data in files.items():
+            (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (run_dir / name).write_bytes(data)
+    return run_dir
+
+
+def _train(cfg: Config, run_dir: Path, strategy, chief: bool, export: bool, log, frame) -> Path:
     status = _read_json(run_dir / "status.json")
     saved = _read_json(run_dir / "config.json")
     if saved is not None:
@@ -55,7 +93,6 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         state["callbacks"].get("EarlyStopping", {})["wait"] = 0
     heads = output_keys(cfg.data.heads)  # head name -> output key, for the curves
     _recover(run_dir, state, heads)
-    strategy = _strategy(cfg)
     _set_precision(cfg)
 
     # Data: read, check every image and region, split by image, decode once.
@@ -67,8 +104,9 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
 
     weights = (balanced_class_weights(data.split("train"), data.label_maps, data.store.has)
                if cfg.train.class_weight == "balanced" else None)
+    multiworker = cfg.train.distribute == "multiworker"
     kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing,
-              replicas=strategy.num_replicas_in_sync)
+              replicas=strategy.num_replicas_in_sync, shard=cluster.worker_shard(strategy) if multiworker else (0, 1))
     train_seq = CropSequence(data.split("train"), data.label_maps, cfg.train.batch_size, cfg.crop, cfg.augment,
                              seed=cfg.train.seed, store=data.store, class_weights=weights, **kw)
     val_frame = data.split("val")
@@ -77,7 +115,8 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     if val_seq is not None and len(val_seq) == 0:
         val_seq = None
     if strategy.num_replicas_in_sync > 1:
-        log(f"Distributed training: {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}).")
+        where = f"; this is worker {kw['shard'][0]} of {kw['shard'][1]}" if multiworker else ""
+        log(f"Distributed training: {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}{where}).")
     log(f"Training on {len(train_seq.slots)} regions, validating on "
         f"{len(val_seq.slots) if val_seq else 0}; {data.store.describe()}.")
 
@@ -89,6 +128,8 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
             keras.utils.set_random_seed(cfg.train.seed)  # weights; data randomness has its own RNGs
             num = {h: len(m) for h, m in data.label_maps.items()}
             model = build_model(cfg.model, cfg.crop.image_size, num, cfg.train.seed)
+    if multiworker:
+        cluster.fix_keras_fit(model, strategy)
     initial_epoch = state["epoch"] if state else 0
     log(_describe_recipe(cfg))
     monitor = "val_loss" if val_seq is not None else "loss"
@@ -103,6 +144,11 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
     ]
     run_state = RunState(run_dir, monitor, heads, state, callbacks, cfg.train.epochs)
     callbacks.append(run_state)
+    train_data, val_data = train_seq, val_seq
+    if multiworker:  # each worker feeds its own share of every global batch (see `_worker_dataset`)
+        train_data = _worker_dataset(train_seq, strategy)
+        val_data = _worker_dataset(val_seq, strategy) if val_seq is not None else None
+        callbacks.insert(0, _FollowEpochs(train_seq))
     artifacts.write_json(run_dir / "status.json", {"state": "running", "since": time.time()})
     # The stage (what learns, at which rate) is a function of the epoch alone: one `fit` per stage, and
     # a stage change (also when resuming at the boundary) recompiles, which gives a fresh optimizer; a
@@ -117,7 +163,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
                 if start > 0 or stage(cfg, start) != "scratch":
                     log(f"Epoch {start + 1}: {_describe_stage(cfg, model, current)}")
             train_seq.set_epoch(start)
-            model.fit(train_seq, validation_data=val_seq, epochs=end, initial_epoch=start,
+            model.fit(train_data, validation_data=val_data, epochs=end, initial_epoch=start,
                       shuffle=False, callbacks=callbacks, verbose=1 if os.environ.get("CROPCLF_QUIET") is None else 2)
             if run_state.state["stopped"]:
                 break
@@ -128,6 +174,10 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         raise
     except Exception as e:
         error = _batch_error(e, train_seq, val_seq)
+        if multiworker and isinstance(error, (tf.errors.UnavailableError, tf.errors.AbortedError)):
+            artifacts.write_json(run_dir / "status.json", {"state": "interrupted", "at": time.time(),
+                                                           "resume": "run the same command on every host"})
+            raise cluster.lost_peer(error, run_dir if chief else None) from e
         if not isinstance(error, CropclfError):  # a bug: keep its traceback with the run
             _save_traceback(error, run_dir / "error.txt")
         if error is e:
@@ -140,7 +190,7 @@ def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, lo
         data.store.close()
     if not (run_dir / "model.keras").exists():
         raise CropclfError(f"Training produced no model in {run_dir} (loss was not finite?). Received: no checkpoint")
-    if export:
+    if export and chief:
         from cropclf.serving.export import export_run
 
         export_run(run_dir, log=log)
@@ -178,8 +228,8 @@ STATE_FORMAT = 2
 
 # Settings a resumed (or extended) run may change: they change how long it runs, or how batches are
 # loaded, never what a batch holds (batches depend on (seed, epoch, batch) alone, whatever the workers).
-RESUMABLE_CHANGES = ("train.epochs", "train.workers", "train.use_multiprocessing", "data.cache_memory_mb",
-                     "data.cache_dir")
+RESUMABLE_CHANGES = ("train.epochs", "train.workers", "train.use_multiprocessing", "train.peer_timeout",
+                     "data.cache_memory_mb", "data.cache_dir")
 
 
 class RunState(keras.callbacks.Callback):
@@ -422,13 +472,66 @@ def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> No
         log(f"split: {note}")
 
 
+def _worker_dataset(seq: CropSequence, strategy):
+    """This worker's share of every global batch, given to Keras already distributed.
+
+    Keras would hand a `PyDataset` to ``experimental_distribute_dataset``, which under
+    `MultiWorkerMirroredStrategy` fails (and would have every worker build every batch). Here the
+    sequence (sharded: ``CropSequence(shard=...)``) builds only this worker's regions, and
+    ``distribute_datasets_from_function`` with auto-sharding off feeds them as they are: one element
+    per local replica and step.
+    """
+    h, w = seq.crop.image_size
+    spec = [tf.TensorSpec((None, h, w, 3), tf.float32),
+            {seq.keys[k]: tf.TensorSpec((None, len(seq.label_maps[k])), tf.float32) for k in seq.heads}]
+    if seq.weights is not None:
+        spec.append({seq.keys[k]: tf.TensorSpec((None,), tf.float32) for k in seq.heads})
+    local = max(strategy.num_replicas_in_sync // seq.shard[1], 1)
+
+    def batches():
+        for i in range(len(seq)):
+            yield seq[i]
+
+    def dataset_fn(context):
+        ds = tf.data.Dataset.from_generator(batches, output_signature=tuple(spec))
+        if local > 1:  # the worker's batch holds its replicas' equal parts, in replica order
+            ds = ds.flat_map(lambda *b: tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(
+                lambda t: tf.reshape(t, tf.concat([[local, -1], tf.shape(t)[1:]], 0)), b)))
+        ds = ds.apply(tf.data.experimental.assert_cardinality(len(seq) * local))
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        return ds.with_options(options)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+class _FollowEpochs(keras.callbacks.Callback):
+    """Numbers a sharded sequence's epochs as `fit` numbers a `PyDataset`'s (which counts them itself).
+
+    Keras calls a `PyDataset`'s ``on_epoch_end`` once before training and after every epoch, so its
+    epoch ``e`` (0-based, as Keras counts) is built as the sequence's epoch ``e + 1``; a dataset
+    given to Keras already distributed gets no such calls.
+    """
+
+    def __init__(self, seq: CropSequence):
+        super().__init__()
+        self.seq = seq
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seq.set_epoch(epoch + 1)
+
+
 def _strategy(cfg: Config):
     if cfg.train.distribute == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices=devices)
     if cfg.train.distribute == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        cluster.read_tf_config()  # a missing or malformed TF_CONFIG: one line that names it
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver())
+        cluster.report_connected()
+        return strategy
     return tf.distribute.get_strategy()
 
 

@@ -4,9 +4,13 @@
     python scripts/train.py --annotations via.csv --images imgs/ --heads name,type --out runs/mine
 
 Running the same command again resumes a killed run from its last completed epoch.
+
+    TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \
+        python scripts/train.py --distribute multiworker ...   # the same command on every host (README)
 """
 
 import argparse
+import os
 from pathlib import Path
 
 from cropclf.cli import add_train_args, config_from_args, quiet_tensorflow
@@ -21,6 +25,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     quiet_tensorflow()
     cfg = config_from_args(args)
+    if cfg.train.distribute == "multiworker":
+        from cropclf import cluster
+
+        cluster.read_tf_config()  # before anything starts: a missing or malformed TF_CONFIG is one line
+        if cluster.ENV_CHILD not in os.environ:  # this process supervises; a child does the work
+            return cluster.supervise(cluster.restart_in_child(argv), cfg.train.peer_timeout)
     out = args.out or f"runs/{Path(cfg.data.annotations).stem if cfg.data.annotations else 'demo'}"
     from cropclf.data.loading import load_frame
 
@@ -31,6 +41,9 @@ def main(argv=None):
     from cropclf.training import train
 
     run_dir = train(cfg, out, overwrite=args.overwrite, frame=frame)
+    if run_dir is None:  # a non-chief worker of a cluster: the chief keeps the run, evaluates and exports
+        print(f"Worker done; the chief holds the run directory {out}.")
+        return 0
     if not args.no_evaluate and not (Path(run_dir) / "evaluation" / "report.json").exists():
         from cropclf.evaluation import evaluate_run
 

@@ -51,7 +51,13 @@ class CropSequence(keras.utils.PyDataset):
         replicas: pad each batch to a multiple of this many replicas (a `tf.distribute` strategy
             splits batches evenly); the padding repeats regions with sample weight 0, so they add
             nothing to the loss (at most ``replicas - 1`` of them enter the unweighted accuracy of
-            an epoch), and every batch then carries sample weights.
+            an epoch), and every batch then carries sample weights. The batch is cut into
+            ``replicas`` consecutive parts of equal size, each padded from its own regions and
+            augmented from its own random stream, so a part is the same whichever process builds it.
+        shard: ``(index, count)``: this process is worker ``index`` of ``count`` (multi-worker
+            training, ``replicas`` counting every worker's replicas): each batch then holds only
+            this worker's replicas' parts of the global batch, and no region of another worker's
+            parts is ever decoded, cropped or augmented here.
         decode_threads: threads for the one decoding pass that fills a store built here
             (default: one per CPU core, whatever ``workers`` is).
         progress: show a bar while decoding images into the store.
@@ -69,7 +75,7 @@ class CropSequence(keras.utils.PyDataset):
                  crop: CropConfig | None = None, augment=False, shuffle: bool | None = None, seed: int = 0,
                  store: PatchStore | None = None, class_weights: dict | None = None, replicas: int = 1,
                  decode_threads: int | None = None, progress: bool = True, workers: int = 1,
-                 use_multiprocessing: bool = False, max_queue_size: int = 10):
+                 use_multiprocessing: bool = False, max_queue_size: int = 10, shard: tuple[int, int] = (0, 1)):
         super().__init__()  # Keras' own loader stays off: see `_Loader`
         self._loader = _Loader(self, workers, use_multiprocessing, max_queue_size)
         self.failure: BaseException | None = None  # the first error building a batch (`fit` wraps it)
@@ -113,6 +119,9 @@ class CropSequence(keras.utils.PyDataset):
         self.paths = frame["path"].to_numpy()[use]
         self.rows = frame["row"].to_numpy()[use] if "row" in frame else np.array([""] * use.sum())
         self.weights, self.replicas = None, max(int(replicas), 1)
+        self.shard = (int(shard[0]), int(shard[1]))
+        if not 0 <= self.shard[0] < self.shard[1] or self.replicas % self.shard[1]:
+            raise ValueError(f"shard {shard} does not divide {self.replicas} replicas among its workers")
         if class_weights:
             self.weights = {h: np.asarray(class_weights[h], np.float32)[self.labels[h]] for h in self.heads}
         elif self.replicas > 1:
@@ -164,23 +173,57 @@ class CropSequence(keras.utils.PyDataset):
     def batch(self, epoch: int, i: int):
         """Batch ``i`` of epoch ``epoch``: a pure function of the two (whoever calls it, in any order)."""
         positions = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
+        if self.replicas > 1:
+            return self._replica_parts(positions, epoch, i)
+        X = self._crops_of_batch(positions, epoch, i)
+        y = {self.keys[h]: self._eye[h][self.labels[h][positions]] for h in self.heads}
+        if self.weights is None:
+            return X, y
+        return X, y, {self.keys[h]: self.weights[h][positions] for h in self.heads}
+
+    def _replica_parts(self, positions: np.ndarray, epoch: int, i: int):
+        """This worker's replicas' parts of a global batch, each padded to ``ceil(n / replicas)``.
+
+        A part repeats its own regions as padding, with weight 0; a part left empty (fewer regions
+        than replicas) repeats the batch's first regions when one process builds the whole batch,
+        this worker's other regions otherwise, else holds blank crops: it never builds a region
+        another worker builds.
+        """
+        index, count = self.shard
+        local = self.replicas // count
+        size = -(-len(positions) // self.replicas)
+        mine = range(index * local, (index + 1) * local)
+        parts = [positions[r * size:(r + 1) * size] for r in mine]
+        own = positions if count == 1 else np.concatenate(parts)
+        Xs, labels, weights = [], [], []
+        for r, part in zip(mine, parts):
+            weight = np.ones(size, np.float32)
+            weight[len(part):] = 0
+            if len(part):
+                X = self._crops_of_batch(part, epoch, i, r)
+                take = np.resize(np.arange(len(part)), size)  # the part, then its first regions again
+                X, part = X[take], part[take]
+            elif len(own):
+                part = np.resize(own, size)
+                X = self._crops_of_batch(part, epoch, i, r)
+            else:
+                X = np.full((size, *self.crop.image_size, 3), self.crop.pad_value, np.float32)
+                part = None
+            Xs.append(X)
+            labels.append(part)
+            weights.append({h: weight * (self.weights[h][part] if part is not None else 0) for h in self.heads})
+        y = {self.keys[h]: np.concatenate([self._eye[h][self.labels[h][p] if p is not None else np.zeros(size, int)]
+                                           for p in labels]) for h in self.heads}
+        w = {self.keys[h]: np.concatenate([pw[h] for pw in weights]) for h in self.heads}
+        return np.concatenate(Xs), y, w
+
+    def _crops_of_batch(self, positions, epoch: int, i: int, part: int | None = None) -> np.ndarray:
         try:
-            X = self.crops(positions, epoch, i)
+            return self.crops(positions, epoch, i, part)
         except CropclfError as e:  # a data problem: say which regions (a worker's traceback says nothing)
             regions = "; ".join(f"{self.paths[p]} ({self.rows[p]})" for p in positions[:8])
             more = f" and {len(positions) - 8} more" if len(positions) > 8 else ""
             raise type(e)(f"{regions}{more}: building batch {i} of epoch {epoch}: {e}") from e
-        y = {self.keys[h]: self._eye[h][self.labels[h][positions]] for h in self.heads}
-        if self.weights is None:
-            return X, y
-        w = {self.keys[h]: self.weights[h][positions] for h in self.heads}
-        short = -len(positions) % self.replicas
-        if short:  # repeat regions to fill the replicas, with weight 0 in the loss
-            take = np.resize(np.arange(len(positions)), short)
-            X = np.concatenate([X, X[take]])
-            y = {h: np.concatenate([v, v[take]]) for h, v in y.items()}
-            w = {h: np.concatenate([v, np.zeros(short, np.float32)]) for h, v in w.items()}
-        return X, y, w
 
     def close(self) -> None:
         """Stops the workers (before the patch store they read from closes)."""
@@ -188,11 +231,12 @@ class CropSequence(keras.utils.PyDataset):
 
     # --- crops ---------------------------------------------------------------------------------
 
-    def crops(self, positions, epoch: int = 0, batch: int = 0) -> np.ndarray:
-        """The ``[n, h, w, 3]`` float32 crops of the regions at ``positions``."""
+    def crops(self, positions, epoch: int = 0, batch: int = 0, part: int | None = None) -> np.ndarray:
+        """The ``[n, h, w, 3]`` float32 crops of the regions at ``positions`` (``part``: a replica's part)."""
         oh, ow = self.crop.image_size
         X = np.empty((len(positions), oh, ow, 3), np.uint8)
-        rng = np.random.default_rng([self.seed, 2, epoch, batch]) if self.jitter else None
+        stream = [self.seed, 2, epoch, batch] + ([] if part is None else [part])
+        rng = np.random.default_rng(stream) if self.jitter else None
         aug = self._augmentation(int(rng.integers(2**31))) if rng is not None else None
         # no jitter: the margin window is whole patch pixels, resized as canonical_crop resizes it
         jitter = rng is not None and (self.jitter.shift > 0 or self.jitter.scale > 0)
