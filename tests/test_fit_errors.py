@@ -71,13 +71,13 @@ if __name__ == "__main__":
     sys.argv = [str(REPO / "scripts" / "train.py"), *sys.argv[2:]]
     real_crops = CropSequence.crops
 
-    def injected_crops(self, positions, epoch=0, batch=0):
+    def injected_crops(self, positions, epoch=0, batch=0, part=None):
         if self.jitter is not None and batch >= int(first):  # training batches only
             if kind == "bug":
                 raise ZeroDivisionError("injected bug")
             p = positions[0]
             raise ImageError(f"pixels of {self.paths[p]} ({self.rows[p]}) cannot be used. Received: a test fault")
-        return real_crops(self, positions, epoch, batch)
+        return real_crops(self, positions, epoch, batch, part)
 
     CropSequence.crops = injected_crops
     runpy.run_path(sys.argv[0], run_name="__main__")
