@@ -53,8 +53,12 @@ def test_discovery_notes_a_missing_real_sets_folder_and_finds_rice(tmp_path):
 
     assert notes == [f"real sets: skipped, {tmp_path / 'absent'} is not a folder"]
     assert [(s.name, s.heads, s.test) for s in sets] == [("demo", ["name", "type"], None),
-                                                          ("rice", ["class_id"], None)]
+                                                          ("rice", ["class_id"], None)]  # own test split
     assert sets[1].train_flags == ["--skip-bad-images"]  # the export names images the folder lacks
+
+    _write(rice / "val" / "via_region_data.csv", [_region("c.jpg", 2, {"class_id": "smut"})])
+    rice_set = discover_sets(tmp_path / "absent", rice, log=notes.append)[1]
+    assert (rice_set.test, rice_set.test_images) == (rice / "val" / "via_region_data.csv", rice / "val")
 
 
 def test_a_set_without_a_head_to_learn_is_an_error(tmp_path):

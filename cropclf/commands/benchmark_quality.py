@@ -11,8 +11,9 @@ The sets, each skipped with a one-line note where absent:
   the folder: trained on the first (cropclf's own train/validation split of it), scored on the second;
   image filenames resolve against the folder. Its heads are the region attributes of ``via_trainval.csv``
   that take two or more values.
-* ``rice``: the rice-leaf polygons (``--rice``, a folder holding ``train/via_region_data.csv``): no test
-  file, so scored on the run's own test split; images the export names but the folder lacks are skipped.
+* ``rice``: the rice-leaf polygons (``--rice``, a folder holding ``train/via_region_data.csv``), scored on
+  ``val/via_region_data.csv`` (its 16 images are all there) or, without it, on the run's own test split; the
+  train export names 98 images of which the folder holds 14: the missing ones are skipped.
 
 Each (set, seed) is ``cropclf train --no-evaluate`` then ``cropclf evaluate`` in a subprocess, exactly the
 commands a user runs (same flags, same code), so the figures are the product's. The evaluation's
@@ -37,7 +38,7 @@ from pathlib import Path
 from cropclf.errors import CropclfError
 
 TRAIN_FILE, TEST_FILE = "via_trainval.csv", "via_test.csv"  # the convention a real set is found by
-RICE_FILE = Path("train") / "via_region_data.csv"
+RICE_FILE, RICE_TEST = Path("train") / "via_region_data.csv", Path("val") / "via_region_data.csv"
 
 
 @dataclass
@@ -49,6 +50,7 @@ class BenchSet:
     images: Path | None
     heads: list[str]
     test: Path | None = None
+    test_images: Path | None = None  # the test file's image folder; None: ``images``
     train_flags: list[str] = field(default_factory=list)
 
 
@@ -88,8 +90,10 @@ def discover_sets(real_sets, rice, log=print) -> list[BenchSet]:
         log(f"real sets: none under {root} (a set is a folder holding {TRAIN_FILE} and {TEST_FILE})")
     rice = Path(rice)
     if (rice / RICE_FILE).is_file():
-        found.append(BenchSet("rice", rice / RICE_FILE, (rice / RICE_FILE).parent,
-                              discover_heads(rice / RICE_FILE), train_flags=["--skip-bad-images"]))
+        test = rice / RICE_TEST if (rice / RICE_TEST).is_file() else None
+        found.append(BenchSet("rice", rice / RICE_FILE, (rice / RICE_FILE).parent, discover_heads(rice / RICE_FILE),
+                              test=test, test_images=test.parent if test else None,
+                              train_flags=["--skip-bad-images"]))
     else:
         log(f"rice: skipped, no {rice / RICE_FILE}")
     return found
@@ -150,7 +154,7 @@ def train_and_score(s: BenchSet, seed: int, args, run_dir: Path, log=print) -> t
         train += ["--set", item]
     evaluate = ["evaluate", "--run", str(run_dir), "--out", str(run_dir / "evaluation")]
     if s.test is not None:
-        evaluate += ["--annotations", str(s.test), "--images", str(s.images)]
+        evaluate += ["--annotations", str(s.test), "--images", str(s.test_images or s.images)]
     record, report_file = run_dir / "bench_run.json", run_dir / "evaluation" / "report.json"
     if record.is_file() and report_file.is_file():
         done = json.loads(record.read_text(encoding="utf-8"))
