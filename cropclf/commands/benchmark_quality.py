@@ -260,12 +260,13 @@ def write_outputs(out: Path, rows: list[dict], table: list[dict], header: str) -
 def main_quality(args) -> None:
     if args.epochs is not None and args.epochs < 1:
         raise CropclfError(f"--epochs must be at least 1. Received: {args.epochs}")
+    commit = _commit()  # the code the runs train with, not whatever is checked out when they end
     rows = run_quality(args)
     if not rows:
         print("No set to run.")
         return
     table = summarise(rows)
-    header = (f"Quality benchmark, {time.strftime('%Y-%m-%d', time.gmtime())}, commit {_commit()}: seeds "
+    header = (f"Quality benchmark, {time.strftime('%Y-%m-%d', time.gmtime())}, commit {commit}: seeds "
               f"{args.seeds}, epochs {args.epochs or 'default'}"
               + (f", image size {args.image_size}" if args.image_size else "")
               + (f", {' '.join(args.set)}" if args.set else "")
