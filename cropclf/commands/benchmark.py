@@ -4,7 +4,7 @@
     python scripts/benchmark.py --images 240 --out-json bench.json
     python scripts/benchmark.py --quick                 # tiny smoke run (the test uses it)
     python scripts/benchmark.py --scale 10000,100000,1000000   # how each step grows with the regions
-
+    python scripts/benchmark.py --quality               # accuracy, not speed: see benchmark_quality.py
 
 Every figure comes from one process on the same data: compare them with each other, not with
 another session's, as timings on a shared 2-core VM move by 15-30 % between runs.
@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter  # noqa: E402
 
 from cropclf.via import read_annotations  # noqa: E402
+from cropclf.commands.benchmark_quality import add_quality_args, main_quality  # noqa: E402
 from cropclf.config import Config, CropConfig, ModelConfig  # noqa: E402
 from cropclf.demo import DEMO_NAMES, DEMO_TYPES, make_demo_dataset  # noqa: E402
 from cropclf.errors import CropclfError  # noqa: E402
@@ -182,9 +183,12 @@ def main(argv=None):
     p.add_argument("--cache-mb", type=int, default=1024,
                    help="with --scale: the patch store's RAM cap (data.cache_memory_mb); the rest is on disk")
     p.add_argument("--work-dir", help="with --scale: where the temporary datasets and patch files go")
+    add_quality_args(p)
     args = p.parse_args(argv)
     if args.scale:
         return _scale(args)
+    if args.quality:  # how well the recipe learns, not how fast: its own module
+        return main_quality(args)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = args.data_dir or (Path(tmp) / "demo" if args.quick else "data/demo-bench")
         n_images, image_size = (12, (320, 200)) if args.quick else (args.images, (1280, 720))

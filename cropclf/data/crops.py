@@ -182,3 +182,33 @@ def jitter_reach(shift: float, scale: float) -> float:
     which goes to each side: an edge moves out by at most ``shift + scale / 2`` of the size.
     """
     return shift + scale / 2
+
+
+def keep_border(jittered, window, image_hw) -> np.ndarray:
+    """Moves a `jitter_window` result so that the image border shows in it where it shows in ``window``.
+
+    Box jitter stands for an annotator's imprecise box, but the image border is no annotation: it is
+    where the picture ends, exactly, and a box cut by it (VOC's "truncated") ends on it. Unpinned, a
+    jittered crop shows a padding band of another width than the served crop does, or none, or one where
+    the served crop has none, which is noise for any label tied to the border. Per axis: where ``window``
+    crosses one image edge, the jittered window keeps the same fraction of itself beyond that edge; where
+    it crosses neither, the jittered window is moved back inside the image (centred on ``window`` when it
+    is larger than the image); where it crosses both, that axis is not jittered. Sizes are kept, so the
+    result moves no edge further from ``window`` than the jitter did, up to the scale change.
+    """
+    out = np.array(jittered, np.float64)
+    for axis, size in ((0, image_hw[1]), (1, image_hw[0])):
+        a, length = float(window[axis]), float(window[axis + 2])
+        j, n = out[axis], out[axis + 2]
+        low, high = a < 0, a + length > size
+        if low and high:
+            out[axis], out[axis + 2] = a, length
+        elif low:
+            out[axis] = a / length * n  # the same fraction -a / length of it left of (or above) 0
+        elif high:
+            out[axis] = size - n * (size - a) / length  # the same fraction inside [.., size)
+        elif n > size:
+            out[axis] = a + (length - n) / 2
+        else:
+            out[axis] = min(max(j, 0.0), size - n)
+    return out

@@ -93,6 +93,7 @@ class PatchStore:
         n = len(keep)
         windows = integer_windows(expand_box(boxes[keep].reshape(-1, 4), margin))
         self.margin_boxes = np.column_stack([windows[:, :2], windows[:, 2:] - windows[:, :2]])  # (x, y, w, h)
+        self.image_hw = np.array([sizes[paths[k]] for k in keep], np.int64).reshape(n, 2)  # for `keep_border`
         lengths = self.margin_boxes[:, 2:].astype(np.float64)  # L: (Lx, Ly)
         self.targets = _fit_sizes(lengths, self.out_hw, mode)  # T: (Tx, Ty), as crops.fit_size gives them
         self.area = np.all(self.targets <= lengths, axis=1)  # crops.resize area-averages iff both shrink

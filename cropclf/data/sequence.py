@@ -27,7 +27,8 @@ import pandas as pd  # noqa: E402
 
 from cropclf.data.augment import build_augmentation  # noqa: E402
 from cropclf.config import AugmentConfig, CropConfig  # noqa: E402
-from cropclf.data.crops import Problem, fit_size, jitter_reach, jitter_window, letterbox, output_to_source  # noqa: E402
+from cropclf.data.crops import (Problem, fit_size, jitter_reach, jitter_window, keep_border, letterbox,  # noqa: E402
+                                output_to_source)
 from cropclf.errors import CropclfError  # noqa: E402
 from cropclf.data.labels import LabelMap, encode_heads, output_keys  # noqa: E402
 from cropclf.data.patches import PatchStore, default_threads  # noqa: E402
@@ -250,6 +251,8 @@ class CropSequence(keras.utils.PyDataset):
     def _jittered(self, s: int, rng: np.random.Generator) -> np.ndarray:
         oh, ow = self.crop.image_size
         window = jitter_window(self.store.margin_boxes[s], rng, self.jitter.shift, self.jitter.scale)
+        if self.jitter.keep_border:
+            window = keep_border(window, self.store.margin_boxes[s], self.store.image_hw[s])
         th, tw = fit_size((window[3], window[2]), (oh, ow), self.crop.resize)
         M = output_to_source(self.store.to_patch(s, window), (th, tw))
         # the patch reaches as far as the jitter can (PatchStore's reach): the border mode only fills
