@@ -233,6 +233,21 @@ def broadcast_files(strategy, root: Path, names: list[str] | None) -> dict[str, 
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
+def sum_over_workers(strategy, values) -> list[int]:
+    """The sum over the workers of each worker's integers ``values`` (its first replica contributes)."""
+    import numpy as np
+    import tensorflow as tf
+
+    local = strategy.num_replicas_in_sync // worker_shard(strategy)[1]
+    value = np.asarray(values, np.int64)
+
+    def contribute():
+        first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group % local, 0)
+        return tf.where(first, tf.constant(value), tf.zeros_like(tf.constant(value)))
+
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(contribute), axis=None).numpy().tolist()
+
+
 def _from_first_replica(strategy, value):
     import tensorflow as tf
 

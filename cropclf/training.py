@@ -9,6 +9,7 @@ epoch with the same command (see `RunState`). Every file is written to a tempora
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from cropclf.errors import ConfigError, CropclfError, ImageError
 from cropclf.data.labels import balanced_class_weights, label_maps_to_json, load_label_maps, output_keys
 from cropclf.model import apply_stage, build_model, stage, stage_spans, trunk_layers
 from cropclf.plots import learning_curves
-from cropclf.data.sequence import CropSequence
+from cropclf.data.sequence import CropSequence, owned_rows
 
 
 def train(cfg: Config, run_dir, overwrite: bool = False, export: bool = True, log=print,
@@ -98,17 +99,26 @@ def _train(cfg: Config, run_dir: Path, strategy, chief: bool, export: bool, log,
     # Data: read, check every image and region, split by image, decode once.
     resume_maps = load_label_maps(run_dir / "labels.json") if state else None
     resume_split = read_split(run_dir / "split.csv") if state else None
-    data = prepare(cfg, resume_maps, resume_split, log=log, frame=frame)
-    _check_images(cfg, data, log)
-    _write_data_artefacts(cfg, data, run_dir, log)
-
-    weights = (balanced_class_weights(data.split("train"), data.label_maps, data.store.has)
-               if cfg.train.class_weight == "balanced" else None)
     multiworker = cfg.train.distribute == "multiworker"
-    kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing,
+    kw = dict(workers=cfg.train.workers, use_multiprocessing=cfg.train.use_multiprocessing, seed=cfg.train.seed,
               replicas=strategy.num_replicas_in_sync, shard=cluster.worker_shard(strategy) if multiworker else (0, 1))
+    select = functools.partial(_worker_rows, replicas=kw["replicas"], shard=kw["shard"], seed=kw["seed"])
+    data = prepare(cfg, resume_maps, resume_split, log=log, frame=frame, select=select if multiworker else None)
+    totals = None
+    if multiworker:  # each worker decoded its own images: every one stops alike on a bad image anywhere
+        totals = cluster.sum_over_workers(strategy, [len(data.store.bad_images), len(data.problems)])
+        if totals[0] and not data.store.bad_images and not cfg.data.skip_bad_images:
+            raise ImageError(f"{totals[0]} image(s) of other workers cannot be read (their output lists them) -- "
+                             f"fix them, or pass --skip-bad-images on every worker. Received: {totals[0]} bad image(s)")
+    _check_images(cfg, data, log)
+    _write_data_artefacts(cfg, data, run_dir, log, totals)
+
+    # the class weights count the regions trained on; a worker of a cluster knows only its own croppable
+    # ones, so there every labelled region counts (the same weights on every worker)
+    weights = (balanced_class_weights(data.split("train"), data.label_maps, None if multiworker else data.store.has)
+               if cfg.train.class_weight == "balanced" else None)
     train_seq = CropSequence(data.split("train"), data.label_maps, cfg.train.batch_size, cfg.crop, cfg.augment,
-                             seed=cfg.train.seed, store=data.store, class_weights=weights, **kw)
+                             store=data.store, class_weights=weights, **kw)
     val_frame = data.split("val")
     val_seq = CropSequence(val_frame, data.label_maps, cfg.train.batch_size, cfg.crop, False,
                            store=data.store, **kw) if len(val_frame) else None
@@ -451,7 +461,7 @@ def _check_images(cfg: Config, data: Prepared, log) -> None:
         print_problems(data.problems, log, limit=10)
 
 
-def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> None:
+def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log, totals=None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_text(run_dir / "config.json", cfg.to_json() + "\n")
     artifacts.write_text(run_dir / "labels.json", label_maps_to_json(data.label_maps) + "\n")
@@ -467,9 +477,21 @@ def _write_data_artefacts(cfg: Config, data: Prepared, run_dir: Path, log) -> No
         "regions_left_out": [{"path": p.file, "row": p.row, "reason": p.reason} for p in data.problems],
         "split_notes": data.notes,
     }
+    if totals is not None:  # a cluster: each worker decoded its own share; the lists above are this worker's
+        report["all_workers"] = {"bad_image_count": int(totals[0]), "regions_left_out_count": int(totals[1])}
     artifacts.write_json(run_dir / "data_report.json", report)
     for note in data.notes:
         log(f"split: {note}")
+
+
+def _worker_rows(frame: pd.DataFrame, assignment: dict, replicas: int, shard: tuple[int, int], seed: int):
+    """The rows worker ``shard`` decodes: its replicas' regions of the train and validation splits."""
+    split = frame["path"].map(assignment).to_numpy()
+    rows = np.zeros(len(frame), bool)
+    for name in ("train", "val"):
+        part = split == name
+        rows[part] = owned_rows(frame[part], replicas, shard, seed)
+    return rows
 
 
 def _worker_dataset(seq: CropSequence, strategy):

@@ -30,12 +30,26 @@ def run_fit(tmp_path, workers, mp, strategy="mirrored"):
 
 
 def steps_of(record, phase, epoch):
-    """The label ids each step of one epoch received, the replicas' halves joined in replica order."""
+    """Per step of one epoch, the label ids each replica received: ``[{replica: ids}, ...]``."""
     steps = {}
     for ph, ep, step, replica, ids in record["calls"]:
         if ph == phase and ep == epoch:
             steps.setdefault(step, {})[replica] = ids
-    return [sum((halves[r] for r in sorted(halves)), []) for _, halves in sorted(steps.items())]
+    return [parts for _, parts in sorted(steps.items())]
+
+
+def check_epoch(steps, planned, regions: range):
+    """Each replica got its planned part first (padding: its own regions again), every region once."""
+    assert len(steps) == len(planned)
+    fed = []
+    for i, (got, want) in enumerate(zip(steps, planned)):
+        assert sorted(got) == list(range(len(want)))
+        assert len({len(ids) for ids in got.values()}) == 1  # the replicas' parts are equal in size
+        for r, ids in got.items():
+            assert ids[:len(want[r])] == want[r], f"step {i} replica {r}: fed {ids}, planned {want[r]}"
+            fed += want[r]
+    assert sorted(fed) == list(regions)
+    return fed
 
 
 @pytest.mark.slow
@@ -45,23 +59,15 @@ def test_mirrored_fit_sees_each_region_once_per_epoch_in_order(tmp_path, workers
     assert record["replicas"] == 2
     orders = []
     for epoch in range(EPOCHS):
-        order = record["train_orders"][epoch]  # the region ids of this epoch's order, as the sequence says
-        steps = steps_of(record, "train", epoch)
-        assert len(steps) == -(-REGIONS // BATCH)
-        for i, got in enumerate(steps):
-            want = order[i * BATCH:(i + 1) * BATCH]
-            assert len(got) % 2 == 0  # padded to the replicas
-            assert got[:len(want)] == want, f"epoch {epoch} step {i}: fed {got}, this epoch's order says {want}"
-            assert set(got[len(want):]) <= set(want)  # the padding repeats this batch's regions
-        fed = [r for i, got in enumerate(steps) for r in got[:len(order[i * BATCH:(i + 1) * BATCH])]]
-        assert sorted(fed) == list(range(REGIONS))
-        orders.append(fed)
+        planned = record["train_parts"][epoch]  # per step, per replica: the region ids the sequence planned
+        assert len(planned) == -(-REGIONS // BATCH)  # two replicas' parts of one: as many steps as batches
+        orders.append(check_epoch(steps_of(record, "train", epoch), planned, range(REGIONS)))
+        owners = [{r for step in planned for r in step[k]} for k in range(2)]
+        assert not owners[0] & owners[1]  # each replica keeps its own regions
     assert len({tuple(o) for o in orders}) == EPOCHS  # the order is reshuffled every epoch
-    for epoch in range(EPOCHS):  # validation: every region once, in order, every epoch (no queue growing)
-        val = steps_of(record, "val", epoch)
-        assert len(val) == -(-record["val_regions"] // BATCH)
-        fed = [r for i, got in enumerate(val) for r in got[:len(record["val_order"][i * BATCH:(i + 1) * BATCH])]]
-        assert fed == record["val_order"]
+    for epoch in range(EPOCHS):  # validation: every region once, as planned, every epoch (no queue growing)
+        val_ids = range(REGIONS, REGIONS + record["val_regions"])
+        check_epoch(steps_of(record, "val", epoch), record["val_parts"], val_ids)
 
 
 # --- the script each case runs ----------------------------------------------------------------
@@ -113,7 +119,7 @@ def _main(tmp, workers, mp, strategy_name):
     class Where(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             where.update(phase="train", epoch=epoch)
-            orders.append([int(train.labels["name"][p]) for p in train.order()])
+            parts.append(planned(train))
 
         def on_train_batch_begin(self, batch, logs=None):
             where.update(phase="train", step=batch)
@@ -124,7 +130,11 @@ def _main(tmp, workers, mp, strategy_name):
         def on_test_batch_begin(self, batch, logs=None):
             where.update(phase="val", step=batch)
 
-    orders = []
+    def planned(seq):
+        return [[[int(seq.labels["name"][p]) for p in part] for part in seq.parts(seq.epoch, i)]
+                for i in range(len(seq))]
+
+    parts = []
     with strategy.scope():
         model = build_model(ModelConfig(width=4), crop.image_size, {h: len(m) for h, m in maps.items()})
         model.compile(optimizer=keras.optimizers.SGD(0.01),
@@ -132,8 +142,8 @@ def _main(tmp, workers, mp, strategy_name):
     model.fit(train, validation_data=val, epochs=EPOCHS, shuffle=False, callbacks=[Where()], verbose=0)
     train.close(), val.close()
     (tmp / "record.json").write_text(json.dumps({
-        "replicas": strategy.num_replicas_in_sync, "calls": calls, "train_orders": orders,
-        "val_regions": len(val.slots), "val_order": [int(val.labels["name"][p]) for p in val.order()]}))
+        "replicas": strategy.num_replicas_in_sync, "calls": calls, "train_parts": parts,
+        "val_regions": len(val.slots), "val_parts": planned(val)}))
 
 
 if __name__ == "__main__":

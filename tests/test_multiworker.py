@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -48,6 +49,18 @@ if os.environ.get("CROPCLF_CLUSTER_FD") or os.environ.get("MW_SPLIT_CPU"):  # a 
         return _crops(self, positions, epoch, batch, part)
 
     CropSequence.crops = crops
+    from cropclf.data.patches import PatchStore
+    _init = PatchStore.__init__
+
+    def init(self, frame, *a, **k):  # which regions each process decodes
+        line = {"pid": os.getpid(), "task": json.loads(os.environ.get("TF_CONFIG", "{}")).get("task"),
+                "ids": [int(i) for i in frame.index]}
+        fd = os.open(os.path.join(os.environ["MW_RECORD"], "stores.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, (json.dumps(line) + "\n").encode())
+        os.close(fd)
+        return _init(self, frame, *a, **k)
+
+    PatchStore.__init__ = init
 '''
 
 
@@ -105,8 +118,8 @@ def cluster(tmp_path, demo, tag="", wait=True, ports=None):
     return procs
 
 
-def records(tmp_path):
-    lines = (tmp_path / "record" / "crops.jsonl").read_text().splitlines()
+def records(tmp_path, name="crops"):
+    lines = (tmp_path / "record" / f"{name}.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 
@@ -172,6 +185,25 @@ def test_each_worker_builds_only_its_share_of_every_batch(two_workers):
         assert all(len(by) == 2 for (kind, e, _), by in built.items() if kind == "train" and e == epoch)
     val = [by for (kind, _, _), by in built.items() if kind == "val"]
     assert val and all(len(by) <= 2 for by in val)
+    over_run = [set().union(*(by.get(w, set()) for by in built.values())) for w in (0, 1)]
+    assert over_run[0] and over_run[1] and not over_run[0] & over_run[1]  # a region belongs to one worker
+
+
+@pytest.mark.slow
+def test_no_region_is_decoded_by_two_workers(two_workers, demo_small):
+    first = {}
+    for line in records(two_workers, "stores"):  # a process's first store is training's (then the evaluation's)
+        first.setdefault(line["pid"], line)
+    decoded = {line["task"]["index"]: set(line["ids"]) for line in first.values() if line["task"]}
+    assert sorted(decoded) == [0, 1] and decoded[0] and decoded[1]
+    assert not decoded[0] & decoded[1]
+    split = pd.read_csv(two_workers / "chief" / "split.csv")
+    training_images = set(split.loc[split["split"].isin(["train", "val"]), "path"])
+    from cropclf.via import read_annotations
+
+    frame = read_annotations(demo_small)
+    want = {int(i) for i, path in zip(frame.index, frame["path"]) if path in training_images}
+    assert decoded[0] | decoded[1] == want  # every train and validation region, each decoded once
 
 
 @pytest.mark.slow
@@ -283,32 +315,39 @@ def test_missing_or_invalid_tf_config_is_one_error_line(tmp_path, value, message
 # --- the sharded sequence, in one process ------------------------------------------------------
 
 
-def sharp_regions(tmp_path, n):
-    """``n`` regions on one 70x110 black-and-white noise image; region k's ``name`` is ``r{k:02d}``."""
+def sharp_regions(tmp_path, n, images=1):
+    """``n`` regions on ``images`` 70x110 black-and-white noise images; region k's ``name`` is ``r{k:02d}``."""
     from conftest import regions_frame, write_image
 
     rng = np.random.default_rng(1)
-    image = write_image(tmp_path / "noise.png", (rng.integers(0, 2, (70, 110, 3)) * 255).astype(np.uint8))
-    rows = [{"path": str(image), "x": 3.0 + 4 * k, "y": 2.0 + 2 * k, "width": 17.0, "height": 11.0,
+    paths = [write_image(tmp_path / f"noise{j}.png", (rng.integers(0, 2, (70, 110, 3)) * 255).astype(np.uint8))
+             for j in range(images)]
+    rows = [{"path": str(paths[k % images]), "x": 3.0 + 4 * k, "y": 2.0 + 2 * k, "width": 17.0, "height": 11.0,
              "name": f"r{k:02d}", "type": "ab"[k % 2]} for k in range(n)]
     return regions_frame(rows)
 
 
-@pytest.mark.parametrize("n, batch", [(14, 4), (11, 4), (8, 4), (9, 6)])
-def test_two_shards_build_exactly_the_replica_parts_of_one_process(tmp_path, n, batch):
+@pytest.mark.parametrize("n, batch, images", [(14, 4, 1), (11, 4, 1), (8, 4, 1), (9, 6, 1), (14, 4, 5), (23, 6, 4)])
+def test_two_shards_build_exactly_the_replica_parts_of_one_process(tmp_path, n, batch, images):
     from cropclf.config import CropConfig
     from cropclf.data.labels import build_label_maps
     from cropclf.data.sequence import CropSequence
 
-    frame = sharp_regions(tmp_path, n)
+    frame = sharp_regions(tmp_path, n, images)
     maps = build_label_maps(frame, ["name", "type"])
     kw = dict(crop=CropConfig(image_size=(12, 20)), augment=True, seed=5, replicas=2, progress=False)
     whole = CropSequence(frame, maps, batch, **kw)
-    shards = [CropSequence(frame, maps, batch, store=whole.store, shard=(w, 2), **kw) for w in (0, 1)]
+    shards = [CropSequence(frame, maps, batch, shard=(w, 2), **kw) for w in (0, 1)]  # each decodes its own
+    decoded = [set(seq.store.slot) for seq in shards]
+    assert not decoded[0] & decoded[1] and decoded[0] | decoded[1] == set(frame.index)  # no region decoded twice
+    if images > 1:  # whole images per worker, save the one the cut falls inside
+        assert len({p for seq in shards for p in set(frame.loc[list(seq.store.slot), "path"])}) <= images + 1
     built = {0: [], 1: []}
     for w, seq in enumerate(shards):
         crops = seq.crops
-        seq.crops = lambda positions, *a, _w=w, _crops=crops: built[_w].append(set(positions)) or _crops(positions, *a)
+        seq.crops = lambda positions, *a, _w=w, _s=seq, _crops=crops: (
+            built[_w].append(set(_s.index[positions])) or _crops(positions, *a))
+    assert len(shards[0]) == len(shards[1]) == len(whole)
     for epoch in (1, 2):
         seen = []
         for i in range(len(whole)):
@@ -319,21 +358,46 @@ def test_two_shards_build_exactly_the_replica_parts_of_one_process(tmp_path, n, 
                 np.testing.assert_array_equal(np.concatenate([p[1][key] for p in parts]), y[key])
                 np.testing.assert_array_equal(np.concatenate([p[2][key] for p in parts]), wt[key])
             assert not built[0][-1] & built[1][-1]  # no region built by both workers
+            assert built[0][-1] <= decoded[0] and built[1][-1] <= decoded[1]  # only its own
             seen += list(built[0][-1]) + list(built[1][-1])
-        assert sorted(seen) == list(range(n))  # each region once per epoch across the two workers
+        assert sorted(seen) == sorted(frame.index)  # each region once per epoch across the two workers
+    assert [sorted(frame.index[p] for p in whole.order(e)) for e in (1, 2)] == [sorted(frame.index)] * 2
 
 
-def test_a_worker_with_no_region_in_a_batch_feeds_blank_weightless_crops(tmp_path):
+def test_a_worker_without_regions_feeds_blank_weightless_crops_and_a_short_part_repeats_its_own(tmp_path):
     from cropclf.config import CropConfig
     from cropclf.data.labels import build_label_maps
     from cropclf.data.sequence import CropSequence
 
-    frame = sharp_regions(tmp_path, 5)  # batches of 4: the last holds one region, for two replicas
+    frame = sharp_regions(tmp_path, 5)  # parts of 2: replica 0 owns 3 regions, replica 1 owns 2
     maps = build_label_maps(frame, ["name", "type"])
     kw = dict(crop=CropConfig(image_size=(12, 20), pad_value=7), replicas=2, progress=False)
     first, second = (CropSequence(frame, maps, 4, shard=(w, 2), **kw) for w in (0, 1))
-    X, y, w = second.batch(0, 1)
-    assert X.shape == (1, 12, 20, 3) and (X == 7).all()
+    assert len(first) == len(second) == 2
+    X, y, w = second.batch(0, 1)  # replica 1 has no region left: its own again, weightless
+    assert X.shape == (1, 12, 20, 3) and not (X == 7).all()
     assert all((v == 0).all() for v in w.values())
     X, y, w = first.batch(0, 1)
     assert X.shape == (1, 12, 20, 3) and all((v == 1).all() for v in w.values())
+    alone = CropSequence(frame.iloc[:1], maps, 4, shard=(1, 2), **kw)  # one region: worker 1 owns nothing
+    assert len(alone) == 1 and len(alone.store) == 0
+    X, y, w = alone.batch(0, 0)
+    assert X.shape == (1, 12, 20, 3) and (X == 7).all() and all((v == 0).all() for v in w.values())
+
+
+@pytest.mark.parametrize("replicas", [2, 3, 4, 8])
+def test_replica_owners_balance_regions_and_keep_images_whole(replicas):
+    from cropclf.data.sequence import replica_owners
+
+    rng = np.random.default_rng(replicas)
+    paths = [f"img{k:03d}.jpg" for k in rng.integers(0, 600, 3000)]
+    frame = pd.DataFrame({"path": paths})
+    owners = replica_owners(frame, replicas, seed=1)
+    counts = np.bincount(owners, minlength=replicas)
+    assert counts.max() - counts.min() <= 1
+    split_images = sum(frame[owners == r]["path"].isin(frame[owners != r]["path"]).any() for r in range(replicas))
+    assert split_images <= 2 * (replicas - 1)  # each cut splits at most one image, shared by two replicas
+    np.testing.assert_array_equal(owners, replica_owners(frame.copy(), replicas, seed=1))  # every worker alike
+    assert (owners != replica_owners(frame, replicas, seed=2)).any()
+    classes = frame["path"].str[3:6].astype(int) < 300  # images named by class: shares are still mixed
+    assert all(0.2 < classes[owners == r].mean() < 0.8 for r in range(replicas))

@@ -127,14 +127,19 @@ class Prepared:
 
 
 def prepare(cfg: Config, label_maps: dict[str, LabelMap] | None = None, assignment=None, log=print,
-            progress: bool = True, frame: pd.DataFrame | None = None) -> Prepared:
-    """Reads (unless given ``frame``), checks, splits and decodes the data once."""
+            progress: bool = True, frame: pd.DataFrame | None = None, select=None) -> Prepared:
+    """Reads (unless given ``frame``), checks, splits and decodes the data once.
+
+    ``select(frame, assignment)``: a boolean mask of the rows to decode (a worker of a cluster decodes
+    only its own); label maps and split still come from every row, so every worker agrees on them.
+    """
     frame = load_frame(cfg, log) if frame is None else frame
     maps = label_maps or build_label_maps(frame, cfg.data.heads)
     notes = []
     if assignment is None:
         assignment, notes = split_by_image(frame, cfg.data.heads, cfg.data.split, cfg.train.seed)
-    store = build_store(cfg, frame, assignment, progress)
+    decoded = frame if select is None else frame[select(frame, assignment)]
+    store = build_store(cfg, decoded, assignment, progress)
     return Prepared(frame, maps, assignment, notes, store, list(store.problems))
 
 

@@ -49,16 +49,19 @@ class CropSequence(keras.utils.PyDataset):
         seed: base of every random draw.
         store: a `PatchStore` shared with other splits; built from ``frame`` when omitted.
         class_weights: head -> per-class weights; batches then carry per-head sample weights.
-        replicas: pad each batch to a multiple of this many replicas (a `tf.distribute` strategy
-            splits batches evenly); the padding repeats regions with sample weight 0, so they add
-            nothing to the loss (at most ``replicas - 1`` of them enter the unweighted accuracy of
-            an epoch), and every batch then carries sample weights. The batch is cut into
-            ``replicas`` consecutive parts of equal size, each padded from its own regions and
-            augmented from its own random stream, so a part is the same whichever process builds it.
+        replicas: the replicas of a `tf.distribute` strategy, which splits each batch evenly among
+            them. With more than one, every region belongs to one replica for the whole run
+            (`replica_owners`: whole images where the balance allows), and each batch is the
+            replicas' equal parts of ``ceil(batch_size / replicas)`` regions, each drawn from its
+            replica's own regions (reshuffled every epoch) and augmented from its own random stream,
+            so a part is the same whichever process builds it. A part short of regions is padded
+            with its own regions at sample weight 0, so they add nothing to the loss (they do enter
+            the unweighted accuracy), and every batch then carries sample weights.
         shard: ``(index, count)``: this process is worker ``index`` of ``count`` (multi-worker
-            training, ``replicas`` counting every worker's replicas): each batch then holds only
-            this worker's replicas' parts of the global batch, and no region of another worker's
-            parts is ever decoded, cropped or augmented here.
+            training, ``replicas`` counting every worker's replicas): it builds only its replicas'
+            parts, from only its replicas' regions: ``frame`` may hold every region (and ``store``
+            only this worker's; see `owned_rows`), and no region of another worker is ever decoded,
+            cropped or augmented here.
         decode_threads: threads for the one decoding pass that fills a store built here
             (default: one per CPU core, whatever ``workers`` is).
         progress: show a bar while decoding images into the store.
@@ -97,18 +100,30 @@ class CropSequence(keras.utils.PyDataset):
             self.jitter = None
         self.augment_cfg = augment if isinstance(augment, AugmentConfig) else None
         self.shuffle = bool(self.jitter) if shuffle is None else shuffle
+        self.replicas, self.shard = max(int(replicas), 1), (int(shard[0]), int(shard[1]))
+        if not 0 <= self.shard[0] < self.shard[1] or self.replicas % self.shard[1]:
+            raise ValueError(f"shard {shard} does not divide {self.replicas} replicas among its workers")
+        local = self.replicas // self.shard[1]
+        self.my_replicas = range(self.shard[0] * local, (self.shard[0] + 1) * local)
+        owners = replica_owners(frame, self.replicas, self.seed)
+        owned = np.isin(owners, self.my_replicas)
+        mine = frame if owned.all() else frame[owned]
         if store is None:
             reach = jitter_reach(self.jitter.shift, self.jitter.scale) if self.jitter else 0.0
-            store = PatchStore(frame, self.crop.image_size, self.crop.margin, reach, self.crop.resize,
+            store = PatchStore(mine, self.crop.image_size, self.crop.margin, reach, self.crop.resize,
                                self.crop.min_size, self.crop.pad_value, threads=decode_threads or default_threads(),
                                progress=progress)
         self.store = store
 
-        # Which regions take part: croppable, and labelled for every head.
+        # Which regions take part: this worker's, croppable, and labelled for every head.
         labels = encode_heads(frame, label_maps)
         labelled = np.all([labels[h] >= 0 for h in self.heads], axis=0) if len(frame) else np.zeros(0, bool)
-        croppable = np.array([store.has(label) for label in frame.index], bool)
-        self.skipped: list[Problem] = store.problems_for(frame.index)
+        # every worker counts every replica's labelled regions alike (from the frame, before decoding): the
+        # number of steps, which all workers must agree on, follows from the largest count
+        self._part = -(-self.batch_size // self.replicas)
+        self._counts = np.bincount(owners[labelled], minlength=self.replicas)
+        croppable = owned & np.array([store.has(label) for label in frame.index], bool)
+        self.skipped: list[Problem] = store.problems_for(mine.index)
         for k in np.flatnonzero(croppable & ~labelled):
             missing = [h for h in self.heads if labels[h][k] < 0]
             self.skipped.append(Problem(str(frame["path"].iloc[k]), str(frame["row"].iloc[k]),
@@ -119,10 +134,8 @@ class CropSequence(keras.utils.PyDataset):
         self.labels = {h: labels[h][use] for h in self.heads}
         self.paths = frame["path"].to_numpy()[use]
         self.rows = frame["row"].to_numpy()[use] if "row" in frame else np.array([""] * use.sum())
-        self.weights, self.replicas = None, max(int(replicas), 1)
-        self.shard = (int(shard[0]), int(shard[1]))
-        if not 0 <= self.shard[0] < self.shard[1] or self.replicas % self.shard[1]:
-            raise ValueError(f"shard {shard} does not divide {self.replicas} replicas among its workers")
+        self.owner = owners[use]  # the replica each region belongs to
+        self.weights = None
         if class_weights:
             self.weights = {h: np.asarray(class_weights[h], np.float32)[self.labels[h]] for h in self.heads}
         elif self.replicas > 1:
@@ -130,10 +143,13 @@ class CropSequence(keras.utils.PyDataset):
         self._eye = {h: np.eye(len(m), dtype=np.float32) for h, m in label_maps.items()}
         self.epoch = 0
         self._order = (None, None)  # (epoch, permutation): one permutation per epoch, not per batch
+        self._replica_orders = (None, None)  # (epoch, {replica: positions}), likewise
 
     # --- the PyDataset contract ---------------------------------------------------------------
 
     def __len__(self) -> int:
+        if self.replicas > 1:
+            return math.ceil(int(self._counts.max()) / self._part)
         return math.ceil(len(self.slots) / self.batch_size)
 
     def on_epoch_end(self):
@@ -145,18 +161,34 @@ class CropSequence(keras.utils.PyDataset):
         self.epoch = int(epochs_done)
 
     def order(self, epoch: int | None = None) -> np.ndarray:
-        """Positions of this epoch's regions, in batch order."""
+        """Positions of this epoch's regions (this worker's), in the order batches hold them."""
         epoch = self.epoch if epoch is None else epoch
-        if not self.shuffle:
-            return np.arange(len(self.slots))
         cached_epoch, cached = self._order  # one read: threads may replace the pair meanwhile
         if cached_epoch != epoch:
             # derived from (seed, epoch) alone, so threads racing here, or processes each holding their
             # own copy, compute the same array; the pair is replaced in one assignment
-            cached = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.slots))
+            if self.replicas > 1:
+                cached = np.concatenate([np.concatenate(self.parts(epoch, i)) for i in range(len(self))] or
+                                        [np.zeros(0, np.int64)])
+            elif self.shuffle:
+                cached = np.random.default_rng([self.seed, 1, epoch]).permutation(len(self.slots))
+            else:
+                cached = np.arange(len(self.slots))
             cached.setflags(write=False)
             self._order = (epoch, cached)
         return cached
+
+    def parts(self, epoch: int, i: int) -> list[np.ndarray]:
+        """Positions of the regions each of this worker's replicas gets at step ``i`` (without padding)."""
+        cached_epoch, orders = self._replica_orders
+        if cached_epoch != epoch:
+            orders = {}
+            for r in self.my_replicas:
+                own = np.flatnonzero(self.owner == r)
+                orders[r] = (np.random.default_rng([self.seed, 1, epoch, r]).permutation(own) if self.shuffle
+                             else own)
+            self._replica_orders = (epoch, orders)
+        return [orders[r][i * self._part:(i + 1) * self._part] for r in self.my_replicas]
 
     def __getitem__(self, i: int):
         if not 0 <= i < len(self):
@@ -173,39 +205,37 @@ class CropSequence(keras.utils.PyDataset):
 
     def batch(self, epoch: int, i: int):
         """Batch ``i`` of epoch ``epoch``: a pure function of the two (whoever calls it, in any order)."""
-        positions = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
         if self.replicas > 1:
-            return self._replica_parts(positions, epoch, i)
+            return self._replica_parts(epoch, i)
+        positions = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
         X = self._crops_of_batch(positions, epoch, i)
         y = {self.keys[h]: self._eye[h][self.labels[h][positions]] for h in self.heads}
         if self.weights is None:
             return X, y
         return X, y, {self.keys[h]: self.weights[h][positions] for h in self.heads}
 
-    def _replica_parts(self, positions: np.ndarray, epoch: int, i: int):
-        """This worker's replicas' parts of a global batch, each padded to ``ceil(n / replicas)``.
+    def _replica_parts(self, epoch: int, i: int):
+        """This worker's replicas' parts of global batch ``i``, each padded to the step's part size.
 
-        A part repeats its own regions as padding, with weight 0; a part left empty (fewer regions
-        than replicas) repeats the batch's first regions when one process builds the whole batch,
-        this worker's other regions otherwise, else holds blank crops: it never builds a region
-        another worker builds.
+        Every replica's part at a step has the same size (all workers derive it from the replicas'
+        region counts): ``ceil(batch_size / replicas)``, less on the last steps. A part short of regions
+        repeats its own (or, with none left this epoch, its replica's first ones) at weight 0; a
+        replica without any region takes this worker's others, else blank crops: a worker never
+        builds another worker's region.
         """
-        index, count = self.shard
-        local = self.replicas // count
-        size = -(-len(positions) // self.replicas)
-        mine = range(index * local, (index + 1) * local)
-        parts = [positions[r * size:(r + 1) * size] for r in mine]
-        own = positions if count == 1 else np.concatenate(parts)
+        size = min(self._part, int(self._counts.max()) - i * self._part)
+        worker_regions = np.flatnonzero(np.isin(self.owner, self.my_replicas))
         Xs, labels, weights = [], [], []
-        for r, part in zip(mine, parts):
+        for r, part in zip(self.my_replicas, self.parts(epoch, i)):
             weight = np.ones(size, np.float32)
             weight[len(part):] = 0
             if len(part):
                 X = self._crops_of_batch(part, epoch, i, r)
                 take = np.resize(np.arange(len(part)), size)  # the part, then its first regions again
                 X, part = X[take], part[take]
-            elif len(own):
-                part = np.resize(own, size)
+            elif len(worker_regions):
+                own = self.parts(epoch, 0)[r - self.my_replicas.start]
+                part = np.resize(own if len(own) else worker_regions, size)
                 X = self._crops_of_batch(part, epoch, i, r)
             else:
                 X = np.full((size, *self.crop.image_size, 3), self.crop.pad_value, np.float32)
@@ -272,6 +302,32 @@ class CropSequence(keras.utils.PyDataset):
         """One line per region left out, and a count."""
         lines = [str(p) for p in self.skipped]
         return "\n".join([f"{len(self.skipped)} region(s) left out, {len(self.slots)} used", *lines])
+
+
+def replica_owners(frame: pd.DataFrame, replicas: int, seed: int) -> np.ndarray:
+    """The replica (``0 .. replicas - 1``) each region of ``frame`` belongs to, for the whole run.
+
+    The images, in an order drawn from ``seed``, lay their regions end to end, and the line is cut into
+    ``replicas`` runs as equal as whole regions allow: a replica's regions are whole images (save at
+    most ``replicas - 1`` images a cut falls inside), drawn at random rather than by name, so a
+    replica's share is not one class, which its BatchNorm batch statistics would feel. A worker
+    decodes only its replicas' images. A pure function of the frame: every worker computes the same.
+    """
+    n = len(frame)
+    if replicas <= 1 or n == 0:
+        return np.zeros(n, np.int64)
+    codes, images = pd.factorize(frame["path"], sort=True)
+    rank = np.random.default_rng([seed, 3]).permutation(len(images))[codes]  # each row's image's place
+    line = np.lexsort((np.arange(n), rank))  # rows by (image's place, row)
+    owners = np.empty(n, np.int64)
+    owners[line] = np.arange(n) * replicas // n
+    return owners
+
+
+def owned_rows(frame: pd.DataFrame, replicas: int, shard: tuple[int, int], seed: int) -> np.ndarray:
+    """Which rows of ``frame`` worker ``shard = (index, count)``'s sequences of ``frame`` use (all for one worker)."""
+    local = replicas // shard[1]
+    return np.isin(replica_owners(frame, replicas, seed), range(shard[0] * local, (shard[0] + 1) * local))
 
 
 class _Loader:
