@@ -83,7 +83,9 @@ class AugmentConfig:
     rotate: float = 10.0  # degrees, both ways
     color: float = 0.2  # brightness/contrast/saturation jitter; hue moves 1/10 of it
     blur: float = 0.1  # probability of a light blur or noise, as cameras give
-    keep_border: bool = False  # box jitter leaves the image border where the served crop shows it (crops.keep_border)
+    # box jitter keeps the image border where the served crop shows it (crops.keep_border); on by default since
+    # bccd's `truncated` went from 0.911 to 0.977 macro-F1 with it (README, quality table), the demo unchanged
+    keep_border: bool = True
 
     def __post_init__(self):
         for name in ("shift", "scale", "hflip", "color", "blur"):

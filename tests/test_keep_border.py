@@ -53,7 +53,7 @@ def test_an_axis_crossing_both_edges_is_not_jittered():
     np.testing.assert_allclose(out[[1, 3]], [5, 28])
 
 
-@pytest.mark.parametrize("keep", [False, True])
+@pytest.mark.parametrize("keep", [False, True, "default"])
 def test_training_crops_of_a_box_on_the_border_show_the_served_band(tmp_path, keep):
     import cv2
 
@@ -63,7 +63,8 @@ def test_training_crops_of_a_box_on_the_border_show_the_served_band(tmp_path, ke
                           "height": [20.0, 20.0], "name": ["a", "b"], "type": ["u", "v"]})
     maps = build_label_maps(frame, ("name", "type"))
     crop = CropConfig(image_size=(16, 40), margin=0.25)
-    aug = AugmentConfig(hflip=0, rotate=0, color=0, blur=0, keep_border=keep)
+    aug = AugmentConfig(hflip=0, rotate=0, color=0, blur=0,
+                        **({} if keep == "default" else {"keep_border": keep}))  # default: on
     seq = CropSequence(frame, maps, 2, crop, aug, seed=0, progress=False, shuffle=False)
     served = CropSequence(frame, maps, 2, crop, False, progress=False).crops([0])[0]
     band = int((served[8, :, 0] < 128).sum())  # 10 of 60 window px beyond the edge: 40 * 10 / 60 px
