@@ -132,7 +132,14 @@ class TrainConfig:
     workers: int = 2  # PyDataset workers (threads): this is a 2-core machine
     use_multiprocessing: bool = False  # threads are faster here: cv2 releases the GIL
     early_stopping: int = 5  # epochs without val improvement before stopping
+    # "plateau": halve the learning rate after `reduce_lr` epochs without val improvement; "cosine": a half cosine
+    # over the epoch budget after `warmup_epochs` of linear warm-up (model.learning_rate_at)
+    schedule: str = "plateau"
     reduce_lr: int = 2  # epochs without val improvement before halving the learning rate
+    warmup_epochs: int = 1  # "cosine" only
+    # Adam's decoupled weight decay (AdamW) when > 0, per step, times the learning rate as Keras applies it
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0  # each head's one-hot target moves this far towards uniform
     class_weight: str = "balanced"  # "balanced" weighs each head's classes by inverse frequency; "none"
     distribute: str = "none"  # "none", "mirrored" (local devices) or "multiworker" (TF_CONFIG)
     # multiworker: seconds a worker waits for every task of TF_CONFIG's cluster before it gives up (hosts a
@@ -148,7 +155,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _integers("train", self, ("epochs", "batch_size", "seed", "workers", "early_stopping", "reduce_lr",
-                                  "freeze_epochs"))
+                                  "freeze_epochs", "warmup_epochs"))
         if self.freeze_epochs < 0:
             raise ConfigError(f"`train.freeze_epochs` must be >= 0. Received: {self.freeze_epochs}")
         if not (self.unfreeze == "all" or (not isinstance(self.unfreeze, (bool, str))
@@ -166,17 +173,23 @@ class TrainConfig:
         if not 0 <= self.seed < SEED_LIMIT:
             raise ConfigError(f"`train.seed` must be in [0, 2**32 - 1] (NumPy and Keras take unsigned 32-bit "
                               f"seeds). Received: {self.seed}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"`train.warmup_epochs` must be >= 0. Received: {self.warmup_epochs}")
         if self.early_stopping < 0 or self.reduce_lr < 0:
             raise ConfigError("`train.early_stopping` and `train.reduce_lr` must be >= 0 epochs. "
                               f"Received: {self.early_stopping}, {self.reduce_lr}")
         if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) \
                 or not 0 < self.learning_rate < float("inf"):
             raise ConfigError(f"`train.learning_rate` must be a number > 0. Received: {self.learning_rate!r}")
+        for name, high in (("weight_decay", 1.0), ("label_smoothing", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < high:
+                raise ConfigError(f"`train.{name}` must be a number in [0, {high:g}). Received: {value!r}")
         if isinstance(self.peer_timeout, bool) or not isinstance(self.peer_timeout, (int, float)) \
                 or not 0 < self.peer_timeout < float("inf"):
             raise ConfigError(f"`train.peer_timeout` must be a number of seconds > 0. Received: {self.peer_timeout!r}")
         choices = {"class_weight": ("balanced", "none"), "distribute": ("none", "mirrored", "multiworker"),
-                   "mixed_precision": ("auto", "on", "off")}
+                   "mixed_precision": ("auto", "on", "off"), "schedule": ("plateau", "cosine")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"`train.{name}` must be one of {allowed}. Received: {getattr(self, name)!r}")

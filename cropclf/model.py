@@ -289,6 +289,20 @@ def stage(cfg: Config, epoch: int) -> str:
     return "frozen" if epoch < cfg.train.freeze_epochs else "finetune"
 
 
+def learning_rate_at(cfg: Config, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch`` under ``train.schedule="cosine"``: the stage's rate (fine-tuning:
+    times ``train.finetune_lr_factor``) on a half cosine from the stage's first epoch to ``train.epochs``, after
+    ``train.warmup_epochs`` rising linearly to it. A pure function of the epoch, like `stage`: resumes need no state.
+    """
+    first = 0 if stage(cfg, epoch) != "finetune" else cfg.train.freeze_epochs
+    rate = cfg.train.learning_rate * (cfg.train.finetune_lr_factor if stage(cfg, epoch) == "finetune" else 1)
+    k, warm = epoch - first, cfg.train.warmup_epochs
+    if k < warm:
+        return rate * (k + 1) / (warm + 1)
+    span = max(1, cfg.train.epochs - first - warm)
+    return rate * 0.5 * (1 + math.cos(math.pi * min(k - warm, span) / span))
+
+
 def stage_spans(cfg: Config, first: int, end: int) -> list[tuple[int, int]]:
     """Epochs ``[first, end)`` cut where the stage changes: one ``fit`` call each."""
     spans, start = [], first
@@ -306,10 +320,10 @@ def apply_stage(model: keras.Model, cfg: Config, name: str) -> keras.Model:
     """
     shared = model.get_layer("trunk")
     if name == "scratch":
-        return compile_model(model, cfg.train.learning_rate)
+        return compile_model(model, cfg.train.learning_rate, cfg.train.weight_decay, cfg.train.label_smoothing)
     shared.trainable = False  # every sublayer too
     if name == "frozen":
-        return compile_model(model, cfg.train.learning_rate)
+        return compile_model(model, cfg.train.learning_rate, cfg.train.weight_decay, cfg.train.label_smoothing)
     layers = trunk_layers(model)
     fraction = 1.0 if cfg.train.unfreeze == "all" else float(cfg.train.unfreeze)
     top = layers[len(layers) - math.ceil(fraction * len(layers)):] if fraction > 0 else []
@@ -325,7 +339,8 @@ def apply_stage(model: keras.Model, cfg: Config, name: str) -> keras.Model:
         for layer in top:
             # BatchNorm keeps its ImageNet statistics and scale (it runs in inference mode anyway)
             layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-    return compile_model(model, cfg.train.learning_rate * cfg.train.finetune_lr_factor)
+    return compile_model(model, cfg.train.learning_rate * cfg.train.finetune_lr_factor, cfg.train.weight_decay,
+                         cfg.train.label_smoothing)
 
 
 def _small_trunk(inputs, width: int, seed: int):
@@ -348,12 +363,16 @@ def _small_trunk(inputs, width: int, seed: int):
     return keras.layers.GlobalAveragePooling2D(name="pool")(x)
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:
-    """Adam, categorical cross-entropy and accuracy, keyed by each head's output key."""
+def compile_model(model: keras.Model, learning_rate: float, weight_decay: float = 0.0,
+                  label_smoothing: float = 0.0) -> keras.Model:
+    """Adam (AdamW, decoupled weight decay, when ``weight_decay`` > 0), categorical cross-entropy (targets
+    smoothed by ``label_smoothing``) and accuracy, keyed by each head's output key."""
     names = list(model.output.keys()) if isinstance(model.output, dict) else model.output_names
+    optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay > 0
+                 else keras.optimizers.Adam(learning_rate))
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss={n: keras.losses.CategoricalCrossentropy() for n in names},
+        optimizer=optimizer,
+        loss={n: keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing) for n in names},
         metrics={n: [keras.metrics.CategoricalAccuracy(name="accuracy")] for n in names},
     )
     return model

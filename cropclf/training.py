@@ -27,7 +27,7 @@ from cropclf.config import Config
 from cropclf.data.loading import Prepared, prepare, print_problems, read_split
 from cropclf.errors import ConfigError, CropclfError, ImageError
 from cropclf.data.labels import balanced_class_weights, label_maps_to_json, load_label_maps, output_keys
-from cropclf.model import apply_stage, build_model, stage, stage_spans, trunk_layers
+from cropclf.model import apply_stage, build_model, learning_rate_at, stage, stage_spans, trunk_layers
 from cropclf.plots import learning_curves
 from cropclf.data.sequence import CropSequence, owned_rows
 
@@ -144,7 +144,9 @@ def _train(cfg: Config, run_dir: Path, strategy, chief: bool, export: bool, log,
     log(_describe_recipe(cfg))
     monitor = "val_loss" if val_seq is not None else "loss"
     callbacks = [
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=cfg.train.reduce_lr, verbose=1),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=cfg.train.reduce_lr, verbose=1)
+        if cfg.train.schedule == "plateau" else
+        keras.callbacks.LearningRateScheduler(lambda epoch, rate: learning_rate_at(cfg, epoch)),
         # a frozen trunk's epochs are a warm-up: early stopping counts from the first fine-tuning epoch
         keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping, verbose=1,
                                       start_from_epoch=_first_epoch_of(cfg, "finetune")),
@@ -217,6 +219,11 @@ def _describe_recipe(cfg: Config) -> str:
     weights = cfg.model.weights
     source = {None: "random initial weights", "imagenet": "ImageNet weights"}.get(weights, f"weights from {weights}")
     text = f"Trunk: {cfg.model.backbone} with {source}, {size} px crops"
+    if cfg.train.schedule == "cosine":
+        text += f"; cosine learning rate after {cfg.train.warmup_epochs} warm-up epoch(s)"
+    if cfg.train.weight_decay or cfg.train.label_smoothing:
+        text += (f"; {'AdamW' if cfg.train.weight_decay else 'Adam'} (weight decay {cfg.train.weight_decay:g}), "
+                 f"label smoothing {cfg.train.label_smoothing:g}")
     if weights is None:
         return text + "."
     unfreeze = "all" if cfg.train.unfreeze == "all" else f"the top {cfg.train.unfreeze:.0%}"

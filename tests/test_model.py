@@ -57,3 +57,32 @@ def test_save_load_round_trip(tmp_path):
     again = keras.models.load_model(tmp_path / "m.keras")
     x = np.ones((1, 32, 32, 3), np.float32) * 100
     np.testing.assert_allclose(model(x)["type"], again(x)["type"], atol=1e-6)
+
+
+@pytest.mark.parametrize("stage_name", ["scratch", "frozen", "finetune"])
+@pytest.mark.parametrize("decay, smoothing", [(0.0, 0.0), (0.05, 0.2)])
+def test_every_stage_compiles_the_configured_optimizer_and_loss(stage_name, decay, smoothing):
+    from cropclf.config import Config
+    from cropclf.model import apply_stage
+
+    cfg = Config().replace(**{"model.width": 4, "train.weight_decay": decay, "train.label_smoothing": smoothing})
+    model = apply_stage(build_model(cfg.model, (24, 40), {"name": 3}), cfg, stage_name)
+    assert type(model.optimizer) is (keras.optimizers.AdamW if decay else keras.optimizers.Adam)
+    if decay:
+        assert model.optimizer.weight_decay == pytest.approx(decay)
+    # the loss fit minimises is cross-entropy against targets moved `smoothing` of the way to uniform
+    x = np.random.default_rng(0).uniform(0, 255, (8, 24, 40, 3)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[np.arange(8) % 3]
+    p = model.predict(x, verbose=0)["name"]
+    target = y * (1 - smoothing) + smoothing / 3
+    expected = float(np.mean(-np.sum(target * np.log(p), axis=1)))
+    assert model.evaluate(x, {"name": y}, verbose=0, return_dict=True)["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("key, value", [("weight_decay", -0.1), ("weight_decay", 1.5), ("label_smoothing", 1.0),
+                                        ("label_smoothing", "0.1"), ("label_smoothing", True)])
+def test_bad_recipe_values_are_refused(key, value):
+    from cropclf.config import Config
+
+    with pytest.raises(ConfigError, match=rf"train\.{key}.*Received: {value!r}"):
+        Config().replace(**{f"train.{key}": value})

@@ -158,3 +158,28 @@ def test_completed_run_extends_with_more_epochs_and_resumes_with_other_workers(d
     other = train_py("--epochs", 2, "--batch-size", 8)
     assert other.returncode == 2
     assert "train.batch_size: 16 there, 8 now" in other.stderr and "Traceback" not in other.stderr
+
+
+@pytest.mark.parametrize("weights", [None, "trunk"])
+def test_cosine_schedule_sets_each_epochs_rate_and_survives_a_resume(demo_small, tmp_path, weights):
+    from cropclf.model import build_model, learning_rate_at
+    from cropclf.training import train
+
+    over = {"train.schedule": "cosine", "train.warmup_epochs": 1, "train.epochs": 4, "model.width": 4}
+    if weights:  # a pretrained trunk: frozen epochs, then fine-tuning at a lower rate, each on its own cosine
+        build_model(small_config(demo_small, **over).model, (32, 32), {"a": 2}).get_layer("trunk").save_weights(
+            tmp_path / "t.weights.h5")
+        over.update({"model.weights": str(tmp_path / "t.weights.h5"), "train.freeze_epochs": 2})
+    cfg = small_config(demo_small, **over)
+    # stopped after 2 epochs, then resumed to 4 (train.epochs may grow on a resume; the curve follows the budget)
+    train(cfg.replace(**{"train.epochs": 2}), tmp_path / "run", export=False, log=lambda *a: None)
+    train(cfg, tmp_path / "run", export=False, log=lambda *a: None)
+    rates = json.loads((tmp_path / "run" / "history.json").read_text())["learning_rate"]
+    expected = [learning_rate_at(cfg, e) for e in range(4)]
+    assert rates == pytest.approx(expected, rel=1e-5)
+    base = cfg.train.learning_rate
+    if weights:
+        factor = cfg.train.finetune_lr_factor
+        assert expected == pytest.approx([base / 2, base, base * factor / 2, base * factor])
+    else:
+        assert expected == pytest.approx([base / 2, base, base * 0.75, base * 0.25])
