@@ -116,6 +116,9 @@ def _check_jpeg_end(path: Path) -> None:
         if f.read(2) != b"\xff\xd8":
             return
         size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - 2, 0))
+        if f.read(2) == b"\xff\xd9":  # nearly every JPEG: its last two bytes
+            return
         f.seek(max(size - 65536, 0))
         if b"\xff\xd9" not in f.read():
             raise ImageError(f"{path}: the JPEG is truncated (no end-of-image marker); "

@@ -265,7 +265,7 @@ class CropSequence(keras.utils.PyDataset):
     def crops(self, positions, epoch: int = 0, batch: int = 0, part: int | None = None) -> np.ndarray:
         """The ``[n, h, w, 3]`` float32 crops of the regions at ``positions`` (``part``: a replica's part)."""
         oh, ow = self.crop.image_size
-        X = np.empty((len(positions), oh, ow, 3), np.uint8)
+        X = np.empty((len(positions), oh, ow, 3), np.float32)  # filled by casting each uint8 crop: one pass
         stream = [self.seed, 2, epoch, batch] + ([] if part is None else [part])
         rng = np.random.default_rng(stream) if self.jitter else None
         aug = self._augmentation(int(rng.integers(2**31))) if rng is not None else None
@@ -273,10 +273,11 @@ class CropSequence(keras.utils.PyDataset):
         jitter = rng is not None and (self.jitter.shift > 0 or self.jitter.scale > 0)
         for k, p in enumerate(positions):
             s = self.slots[p]
-            X[k] = self._jittered(s, rng) if jitter else self.store.canonical(s)
-            if aug is not None:
-                X[k] = aug(image=X[k])["image"]
-        return X.astype(np.float32)
+            crop = self._jittered(s, rng) if jitter else self.store.canonical(s)  # may be a view of the store
+            # augmented crops stay uint8 images (albumentations keeps the dtype; a custom pipeline's float
+            # output is cast as it was into the uint8 batch before)
+            X[k] = aug(image=np.array(crop))["image"].astype(np.uint8, copy=False) if aug is not None else crop
+        return X
 
     def _jittered(self, s: int, rng: np.random.Generator) -> np.ndarray:
         oh, ow = self.crop.image_size
