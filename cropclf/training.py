@@ -148,8 +148,9 @@ def _train(cfg: Config, run_dir: Path, strategy, chief: bool, export: bool, log,
         if cfg.train.schedule == "plateau" else
         keras.callbacks.LearningRateScheduler(lambda epoch, rate: learning_rate_at(cfg, epoch)),
         # a frozen trunk's epochs are a warm-up: early stopping counts from the first fine-tuning epoch
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping, verbose=1,
-                                      start_from_epoch=_first_epoch_of(cfg, "finetune")),
+        *([keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.train.early_stopping, verbose=1,
+                                         start_from_epoch=_first_epoch_of(cfg, "finetune"))]
+          if cfg.train.early_stopping else []),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
         keras.callbacks.TerminateOnNaN(),
         StallNotice(monitor, state["history"] if state else None, log=lambda text: log("\n" + text)),
@@ -221,6 +222,11 @@ def _describe_recipe(cfg: Config) -> str:
     text = f"Trunk: {cfg.model.backbone} with {source}, {size} px crops"
     if cfg.train.schedule == "cosine":
         text += f"; cosine learning rate after {cfg.train.warmup_epochs} warm-up epoch(s)"
+    else:
+        text += f"; learning rate halved after {cfg.train.reduce_lr} epochs without improvement"
+    text += (f"; early stopping after {cfg.train.early_stopping} epochs without improvement"
+             if cfg.train.early_stopping else "; every epoch of the budget (no early stopping)")
+    text += ", the best epoch kept"
     if cfg.train.weight_decay or cfg.train.label_smoothing:
         text += (f"; {'AdamW' if cfg.train.weight_decay else 'Adam'} (weight decay {cfg.train.weight_decay:g}), "
                  f"label smoothing {cfg.train.label_smoothing:g}")

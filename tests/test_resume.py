@@ -155,7 +155,8 @@ def tiny(tmp_path_factory):
                             seed=1, progress=False)
     cfg = Config().replace(**{"data.annotations": str(csv), "crop.image_size": [16, 16], "model.width": 4,
                               "train.epochs": 3, "train.batch_size": 8, "train.workers": 1,
-                              "train.learning_rate": 0.01, "train.reduce_lr": 1, "train.early_stopping": 2})
+                              "train.learning_rate": 0.01, "train.schedule": "plateau", "train.reduce_lr": 1,
+                              "train.early_stopping": 2})
     (folder / "runner.py").write_text(RUNNER)
     return folder, cfg
 

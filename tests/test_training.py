@@ -6,6 +6,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -183,3 +184,33 @@ def test_cosine_schedule_sets_each_epochs_rate_and_survives_a_resume(demo_small,
         assert expected == pytest.approx([base / 2, base, base * factor / 2, base * factor])
     else:
         assert expected == pytest.approx([base / 2, base, base * 0.75, base * 0.25])
+
+
+@pytest.mark.parametrize("early_stopping, epochs_run", [(0, 5), (2, 4)])
+def test_default_recipe_runs_its_cosine_budget_and_keeps_the_best_epoch(demo_small, tmp_path, monkeypatch,
+                                                                         early_stopping, epochs_run):
+    """The default (cosine, no early stopping) trains every epoch of its budget however the validation loss
+    swings, and `model.keras` is the best epoch's checkpoint; `train.early_stopping=N` still stops."""
+    from cropclf.config import Config
+    from cropclf.model import learning_rate_at
+    from cropclf.training import train
+
+    assert Config().train.schedule == "cosine" and Config().train.early_stopping == 0
+    scripted = [0.9, 0.5, 0.8, 0.7, 0.6]  # best at epoch 2, then two epochs worse than it, then better again
+    original = keras.callbacks.CallbackList.on_epoch_end
+
+    def scripted_epoch_end(self, epoch, logs=None):  # every callback sees the scripted validation loss
+        if logs is not None and "val_loss" in logs:
+            logs["val_loss"] = scripted[epoch]
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(keras.callbacks.CallbackList, "on_epoch_end", scripted_epoch_end)
+    cfg = small_config(demo_small, **{"train.epochs": 5, "model.width": 4, "train.early_stopping": early_stopping,
+                                      "train.schedule": Config().train.schedule})
+    run = train(cfg, tmp_path / "run", export=False, log=lambda *a: None)
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["val_loss"]) == epochs_run
+    assert history["learning_rate"] == pytest.approx([learning_rate_at(cfg, e) for e in range(epochs_run)], rel=1e-5)
+    best = keras.models.load_model(run / "checkpoints" / "epoch-0002.keras").get_weights()
+    for a, b in zip(keras.models.load_model(run / "model.keras").get_weights(), best):
+        np.testing.assert_array_equal(a, b)

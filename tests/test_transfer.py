@@ -136,7 +136,7 @@ def test_resume_across_the_stage_boundary_equals_an_uninterrupted_run(source_run
     def config(epochs):
         return small_config(demo_small, **{"train.epochs": epochs, "model.width": 8, "train.workers": 1,
                                            "model.weights": str(source_run), "train.freeze_epochs": 1,
-                                           "train.unfreeze": 0.5, "train.early_stopping": 0})
+                                           "train.unfreeze": 0.5, "train.schedule": "plateau"})
 
     whole = train(config(3), tmp_path / "whole", export=False, **QUIET)
     for epochs in (1, 2, 3):  # stops after the frozen epoch, then inside the fine-tuning stage
