@@ -44,6 +44,21 @@ def test_discovery_finds_complete_sets_and_notes_each_absent_one(tmp_path):
                      f"rice: skipped, no {tmp_path / 'no-rice' / 'train' / 'via_region_data.csv'}"]
 
 
+def test_discovery_searches_several_folders_in_order(tmp_path):
+    rows = [_region("a.jpg", 2, {"kind": "cat"}), _region("b.jpg", 30, {"kind": "dog"})]
+    for root, name in (("shared", "cells"), ("mine", "cells"), ("mine", "faces")):
+        _write(tmp_path / root / name / "via_trainval.csv", rows)
+        _write(tmp_path / root / name / "via_test.csv", rows)
+    notes = []
+    sets = discover_sets([tmp_path / "shared", tmp_path / "absent", tmp_path / "mine"], tmp_path / "no-rice",
+                         log=notes.append)
+
+    assert [(s.name, s.images) for s in sets[1:]] == [("cells", tmp_path / "shared" / "cells"),
+                                                     ("faces", tmp_path / "mine" / "faces")]
+    assert notes[:2] == [f"real sets: skipped, {tmp_path / 'absent'} is not a folder",
+                         f"cells: skipped, {tmp_path / 'mine' / 'cells'} has the name of a set already found"]
+
+
 def test_discovery_notes_a_missing_real_sets_folder_and_finds_rice(tmp_path):
     rice = tmp_path / "rice"
     _write(rice / "train" / "via_region_data.csv", [_region("a.jpg", 2, {"class_id": "smut"}),

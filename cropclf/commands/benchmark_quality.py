@@ -58,9 +58,9 @@ def add_quality_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("quality (--quality)")
     g.add_argument("--quality", action="store_true", help="train and score the demo and the real sets found "
                                                           "instead of timing the data pipeline")
-    g.add_argument("--real-sets", default="../shared/real-sets",
-                   help=f"folder whose sub-folders holding {TRAIN_FILE} and {TEST_FILE} are real sets "
-                        "(default ../shared/real-sets)")
+    g.add_argument("--real-sets", action="append",
+                   help=f"folder whose sub-folders holding {TRAIN_FILE} and {TEST_FILE} are real sets; may be "
+                        "given more than once (default ../shared/real-sets)")
     g.add_argument("--rice", default="../shared/via-samples/tzelalouzeir_rice_leaf_diseases",
                    help=f"rice-leaf folder holding {RICE_FILE} (scored on its own test split)")
     g.add_argument("--sets", help="comma-separated names of the sets to run (default: every set found)")
@@ -73,21 +73,25 @@ def add_quality_args(p: argparse.ArgumentParser) -> None:
 
 
 def discover_sets(real_sets, rice, log=print) -> list[BenchSet]:
-    """The demo, the real sets under ``real_sets`` and the rice set; a one-line note for each absent one."""
+    """The demo, the real sets under ``real_sets`` (a folder, or a list of folders searched in order) and the
+    rice set; a one-line note for each absent one, and for a set whose name an earlier folder already gave."""
     found = [BenchSet("demo", None, None, ["name", "type"])]
-    root = Path(real_sets)
-    folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-    if not root.is_dir():
-        log(f"real sets: skipped, {root} is not a folder")
-    for folder in folders:
-        missing = [f for f in (TRAIN_FILE, TEST_FILE) if not (folder / f).is_file()]
-        if missing:
-            log(f"{folder.name}: skipped, {folder} lacks {' and '.join(missing)}")
+    for root in map(Path, [real_sets] if isinstance(real_sets, (str, Path)) else real_sets):
+        if not root.is_dir():
+            log(f"real sets: skipped, {root} is not a folder")
             continue
-        found.append(BenchSet(folder.name, folder / TRAIN_FILE, folder, discover_heads(folder / TRAIN_FILE),
-                              test=folder / TEST_FILE))
-    if root.is_dir() and not any(s.test for s in found):
-        log(f"real sets: none under {root} (a set is a folder holding {TRAIN_FILE} and {TEST_FILE})")
+        before = len(found)
+        for folder in sorted(d for d in root.iterdir() if d.is_dir()):
+            missing = [f for f in (TRAIN_FILE, TEST_FILE) if not (folder / f).is_file()]
+            if missing:
+                log(f"{folder.name}: skipped, {folder} lacks {' and '.join(missing)}")
+            elif any(s.name == folder.name for s in found):
+                log(f"{folder.name}: skipped, {folder} has the name of a set already found")
+            else:
+                found.append(BenchSet(folder.name, folder / TRAIN_FILE, folder,
+                                      discover_heads(folder / TRAIN_FILE), test=folder / TEST_FILE))
+        if len(found) == before:
+            log(f"real sets: none under {root} (a set is a folder holding {TRAIN_FILE} and {TEST_FILE})")
     rice = Path(rice)
     if (rice / RICE_FILE).is_file():
         test = rice / RICE_TEST if (rice / RICE_TEST).is_file() else None
@@ -118,7 +122,7 @@ def discover_heads(annotations: Path) -> list[str]:
 def run_quality(args, log=print) -> list[dict]:
     """Trains and scores every selected set for every seed; returns one row per (set, seed, head)."""
     seeds = _seeds(args.seeds)
-    sets = discover_sets(args.real_sets, args.rice, log)
+    sets = discover_sets(args.real_sets or ["../shared/real-sets"], args.rice, log)
     if args.sets:
         wanted = [s.strip() for s in args.sets.split(",") if s.strip()]
         unknown = sorted(set(wanted) - {s.name for s in sets})
