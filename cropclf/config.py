@@ -125,7 +125,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 30  # the demo reaches >0.99 on both heads in ~30 short epochs; early stopping may end sooner
+    epochs: int = 30  # the demo reaches >0.99 on both heads in ~30 short epochs; the cosine schedule spans them
     batch_size: int = 64
     learning_rate: float = 3e-3  # Adam; the peak of the cosine schedule
     seed: int = 0  # splits, shuffling, augmentation and weights all derive from it
@@ -133,7 +133,7 @@ class TrainConfig:
     use_multiprocessing: bool = False  # threads are faster here: cv2 releases the GIL
     # epochs without val improvement before stopping; 0: never stop early. Off by default: on small real sets
     # the validation loss swings for the first epochs, and stopping on it ended runs at an early lucky epoch
-    # (README, "Recipe"); the cosine schedule runs its budget and the best epoch by validation loss is kept
+    # (README, "The default recipe"); the cosine schedule runs its budget and the best epoch by val loss is kept
     early_stopping: int = 0
     # "cosine" (default): a half cosine over the epoch budget after `warmup_epochs` of linear warm-up
     # (model.learning_rate_at); "plateau": halve the learning rate after `reduce_lr` epochs without val improvement

@@ -205,8 +205,7 @@ def test_default_recipe_runs_its_cosine_budget_and_keeps_the_best_epoch(demo_sma
         return original(self, epoch, logs)
 
     monkeypatch.setattr(keras.callbacks.CallbackList, "on_epoch_end", scripted_epoch_end)
-    cfg = small_config(demo_small, **{"train.epochs": 5, "model.width": 4, "train.early_stopping": early_stopping,
-                                      "train.schedule": Config().train.schedule})
+    cfg = small_config(demo_small, **{"train.epochs": 5, "model.width": 4, "train.early_stopping": early_stopping})
     run = train(cfg, tmp_path / "run", export=False, log=lambda *a: None)
     history = json.loads((run / "history.json").read_text())
     assert len(history["val_loss"]) == epochs_run
